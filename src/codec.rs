@@ -1,0 +1,99 @@
+//! The per-connection codec trait the reactor is generic over.
+//!
+//! A codec is sans-IO: it sees bytes and messages, never sockets or clocks.
+//! The reactor clones one prototype per connection, feeds it the bytes that
+//! arrived, and asks it to encode outgoing messages straight into the
+//! connection's send buffer. [`V1Codec`](crate::wire::V1Codec) is the built-in
+//! Bitcoin codec; any other framing can be plugged in.
+//!
+//! ```
+//! use peerlink::codec::{Codec, Decoded};
+//!
+//! /// Frames are a one-byte length followed by that many bytes.
+//! #[derive(Clone)]
+//! struct Tiny;
+//!
+//! #[derive(Debug)]
+//! struct TooLong;
+//! impl std::fmt::Display for TooLong {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("frame too long") }
+//! }
+//! impl std::error::Error for TooLong {}
+//!
+//! impl Codec for Tiny {
+//!     type Message = Vec<u8>;
+//!     type Error = TooLong;
+//!     fn decode(&mut self, input: &[u8], _out: &mut Vec<u8>) -> Result<Decoded<Vec<u8>>, TooLong> {
+//!         let Some(&len) = input.first() else { return Ok(Decoded::NeedMore { frame_len: None }) };
+//!         let end = 1 + len as usize;
+//!         match input.get(1..end) {
+//!             Some(body) => Ok(Decoded::Message { message: body.to_vec(), consumed: end }),
+//!             None => Ok(Decoded::NeedMore { frame_len: Some(end) }),
+//!         }
+//!     }
+//!     fn encode(&mut self, message: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), TooLong> {
+//!         let len = u8::try_from(message.len()).map_err(|_| TooLong)?;
+//!         out.push(len);
+//!         out.extend_from_slice(message);
+//!         Ok(())
+//!     }
+//!     fn max_frame_len(&self) -> usize { 256 }
+//! }
+//! ```
+
+use std::error::Error;
+
+/// What one call to [`Codec::decode`] produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded<M> {
+    /// The input holds no complete frame yet. Nothing was consumed; call again
+    /// with the same bytes plus more.
+    NeedMore {
+        /// Total length of the frame being received, once the codec knows it.
+        /// The reactor uses it to size its buffer; it never exceeds
+        /// [`Codec::max_frame_len`].
+        frame_len: Option<usize>,
+    },
+    /// A message was decoded from the first `consumed` bytes of the input.
+    Message {
+        /// The decoded message.
+        message: M,
+        /// Bytes of input used.
+        consumed: usize,
+    },
+    /// The first `consumed` bytes were used without producing a message (for
+    /// example handshake bytes or decoy packets). `consumed` is non-zero.
+    Consumed(usize),
+}
+
+/// A message framing, one instance per connection.
+///
+/// Contract for implementors:
+/// - `decode` must validate a frame's length before asking for its payload,
+///   and never report a `frame_len` above [`max_frame_len`](Codec::max_frame_len).
+/// - `decode` must not panic on any input. An `Err` disconnects the peer, so
+///   it must only be returned for input that is really invalid.
+/// - Progress: `Consumed(n)` needs `n > 0`.
+pub trait Codec: Clone + Send + 'static {
+    /// The message type users send and receive.
+    type Message: Send + 'static;
+    /// Why a frame was refused. It ends up in the peer's disconnect reason.
+    type Error: Error + Send + Sync + 'static;
+
+    /// Called once when the connection opens, before any other method. Bytes
+    /// appended to `out` are sent first (a handshake, for example).
+    fn start(&mut self, _outbound: bool, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Decodes at most one message from the front of `input`. Bytes appended
+    /// to `out` are queued for sending (handshake replies, for example).
+    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Decoded<Self::Message>, Self::Error>;
+
+    /// Appends the encoding of `message` to `out`. On error `out` must be left
+    /// as it was.
+    fn encode(&mut self, message: &Self::Message, out: &mut Vec<u8>) -> Result<(), Self::Error>;
+
+    /// The largest frame, in bytes, this codec accepts or produces.
+    fn max_frame_len(&self) -> usize;
+}

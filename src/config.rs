@@ -1,0 +1,108 @@
+//! Reactor configuration and its defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bitcoin::p2p::Magic;
+
+use crate::wire::v1::MAX_PROTOCOL_MESSAGE_LENGTH;
+
+/// Bitcoin Core's `-maxsendbuffer` default (src/net.h): 1,000 KB per peer.
+pub const DEFAULT_SEND_BUFFER_LIMIT: usize = 1_000_000;
+
+/// Default outbound connect timeout (Bitcoin Core's `-timeout` is 5 s for a
+/// single address; we allow for slower links).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a peer may read nothing while we have data queued for it.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one frame may take to arrive once started. Bitcoin Core's
+/// `TIMEOUT_INTERVAL` (src/net.h), 20 minutes, is its inactivity limit.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// Default capacity of the event channel, in events.
+pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
+
+/// Bytes read from or written to one socket per reactor round before other
+/// peers get a turn. Bitcoin Core reads 64 KiB per socket per round.
+pub const DEFAULT_IO_BUDGET: usize = 256 * 1024;
+
+/// Everything the reactor needs to know at start. Build it with
+/// [`Config::new`] and adjust the public fields.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = peerlink::Config::new(bitcoin::Network::Regtest);
+/// config.listen.push("127.0.0.1:0".parse().unwrap());
+/// config.connect_timeout = Duration::from_secs(3);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Network magic of every frame sent and accepted.
+    pub magic: Magic,
+    /// Addresses to listen on. Port 0 picks a free port; read the result with
+    /// [`Handle::local_addrs`](crate::Handle::local_addrs).
+    pub listen: Vec<SocketAddr>,
+    /// Largest payload accepted or sent, in bytes. Default: Bitcoin Core's
+    /// `MAX_PROTOCOL_MESSAGE_LENGTH`, 4,000,000.
+    pub max_message_len: u32,
+    /// A message is refused (and handed back) while more than this many bytes
+    /// are queued for the peer, so a peer's queue never exceeds this plus one
+    /// maximum message. Default 1,000,000.
+    pub send_buffer_limit: usize,
+    /// Outbound connect timeout. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Disconnect a peer that reads nothing for this long while data is
+    /// queued for it. Default 60 s.
+    pub stall_timeout: Duration,
+    /// Disconnect a peer whose started frame does not complete within this
+    /// long. Default 20 min.
+    pub frame_timeout: Duration,
+    /// Capacity of the event channel. When it is full the reactor stops
+    /// reading sockets (TCP then slows the peers) until the user catches up.
+    /// Default 4096.
+    pub event_capacity: usize,
+    /// Bytes read and written per peer per round. Default 256 KiB.
+    pub io_budget: usize,
+}
+
+impl Config {
+    /// Defaults for `network` (a [`bitcoin::Network`] or a custom [`Magic`]).
+    pub fn new(network: impl Into<Magic>) -> Config {
+        Config {
+            magic: network.into(),
+            listen: Vec::new(),
+            max_message_len: MAX_PROTOCOL_MESSAGE_LENGTH,
+            send_buffer_limit: DEFAULT_SEND_BUFFER_LIMIT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+            io_budget: DEFAULT_IO_BUDGET,
+        }
+    }
+}
+
+impl Default for Config {
+    /// Mainnet defaults.
+    fn default() -> Config {
+        Config::new(bitcoin::Network::Bitcoin)
+    }
+}
+
+/// Parses a network name as Bitcoin Core's `-chain` does (`main`, `test`,
+/// `testnet4`, `signet`, `regtest`), also accepting `mainnet`, `bitcoin` and
+/// `testnet3`.
+pub fn parse_network(name: &str) -> Option<bitcoin::Network> {
+    use bitcoin::Network;
+    Some(match name {
+        "main" | "mainnet" | "bitcoin" => Network::Bitcoin,
+        "test" | "testnet" | "testnet3" => Network::Testnet,
+        "testnet4" => Network::Testnet4,
+        "signet" => Network::Signet,
+        "regtest" => Network::Regtest,
+        _ => return None,
+    })
+}

@@ -1,0 +1,223 @@
+//! The user's side of the reactor: commands in, events out.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+
+use crate::codec::Codec;
+use crate::event::{Event, PeerId};
+use crate::wire::V1Codec;
+
+/// How to end a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// Close at once; queued data is dropped.
+    Now,
+    /// Stop taking messages for the peer, write everything queued, then close.
+    /// The stall timeout still applies.
+    AfterFlush,
+}
+
+/// The reactor is gone (shut down, or its poll failed), so the request was
+/// not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReactorGone;
+
+impl std::fmt::Display for ReactorGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reactor has stopped")
+    }
+}
+
+impl std::error::Error for ReactorGone {}
+
+pub(crate) enum Cmd<M> {
+    Connect { peer: PeerId, addr: SocketAddr },
+    Send { peer: PeerId, message: M },
+    Disconnect { peer: PeerId, mode: Disconnect },
+}
+
+/// State shared between the handles and the reactor thread.
+pub(crate) struct Shared {
+    pub(crate) waker: mio::Waker,
+    /// Set by the reactor just before it may block in `poll`.
+    pub(crate) sleeping: AtomicBool,
+    /// Set by the reactor when the event channel was full.
+    pub(crate) events_blocked: AtomicBool,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) next_peer: AtomicU64,
+}
+
+impl Shared {
+    /// Wakes the reactor only if it may be asleep: one atomic swap per
+    /// command, one syscall only when the reactor is idle.
+    pub(crate) fn wake_if_sleeping(&self) {
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake reactor: {e}");
+        }
+    }
+
+    pub(crate) fn allocate_peer(&self) -> PeerId {
+        PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+struct Inner<M> {
+    commands: Sender<Cmd<M>>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl<M> Inner<M> {
+    fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.wake();
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(thread) = thread {
+            if thread.thread().id() == std::thread::current().id() {
+                return;
+            }
+            if thread.join().is_err() {
+                log::error!("reactor thread panicked");
+            }
+        }
+    }
+}
+
+impl<M> Drop for Inner<M> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A handle to a running reactor.
+///
+/// Cheap to clone; clones share the reactor and its event stream (each event
+/// is received by exactly one clone). Dropping the last clone shuts the
+/// reactor down, joins its thread and closes every socket.
+///
+/// Sending never blocks and never makes a syscall while the reactor is busy;
+/// it wakes the reactor only when it may be asleep.
+pub struct Handle<C: Codec = V1Codec> {
+    inner: Arc<Inner<C::Message>>,
+    events: Receiver<Event<C::Message, C::Error>>,
+}
+
+impl<C: Codec> Clone for Handle<C> {
+    fn clone(&self) -> Self {
+        Handle { inner: Arc::clone(&self.inner), events: self.events.clone() }
+    }
+}
+
+impl<C: Codec> std::fmt::Debug for Handle<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("local_addrs", &self.inner.local_addrs).finish()
+    }
+}
+
+impl<C: Codec> Handle<C> {
+    pub(crate) fn new(
+        commands: Sender<Cmd<C::Message>>,
+        events: Receiver<Event<C::Message, C::Error>>,
+        shared: Arc<Shared>,
+        thread: JoinHandle<()>,
+        local_addrs: Vec<SocketAddr>,
+    ) -> Self {
+        Handle { inner: Arc::new(Inner { commands, shared, thread: Mutex::new(Some(thread)), local_addrs }), events }
+    }
+
+    fn command(&self, cmd: Cmd<C::Message>) -> Result<(), ReactorGone> {
+        self.inner.commands.send(cmd).map_err(|_| ReactorGone)?;
+        self.inner.shared.wake_if_sleeping();
+        Ok(())
+    }
+
+    /// The addresses the listeners are bound to, in the order of
+    /// [`Config::listen`](crate::Config::listen), with ports resolved.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.inner.local_addrs
+    }
+
+    /// Starts connecting to `addr` and returns the id the peer will have.
+    /// Either [`Event::Connected`] or [`Event::ConnectFailed`] follows.
+    pub fn connect(&self, addr: SocketAddr) -> Result<PeerId, ReactorGone> {
+        let peer = self.inner.shared.allocate_peer();
+        self.command(Cmd::Connect { peer, addr })?;
+        Ok(peer)
+    }
+
+    /// Queues `message` for `peer`. It is encoded straight into the peer's
+    /// send buffer; if it cannot be queued it comes back in
+    /// [`Event::SendRejected`].
+    pub fn send(&self, peer: PeerId, message: C::Message) -> Result<(), ReactorGone> {
+        self.command(Cmd::Send { peer, message })
+    }
+
+    /// Ends the connection to `peer`; [`Event::Disconnected`] follows.
+    pub fn disconnect(&self, peer: PeerId, mode: Disconnect) -> Result<(), ReactorGone> {
+        self.command(Cmd::Disconnect { peer, mode })
+    }
+
+    /// Stops the reactor, closes every socket and joins the thread. Events
+    /// already queued can still be received. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    /// Tells the reactor a slot in the event channel is free, if it was
+    /// waiting for one.
+    fn consumed(&self) {
+        let shared = &self.inner.shared;
+        if shared.events_blocked.load(Ordering::Relaxed) && shared.events_blocked.swap(false, Ordering::SeqCst) {
+            shared.wake();
+        }
+    }
+
+    /// Blocks until the next event. `None` once the reactor has stopped and
+    /// every event has been received.
+    pub fn recv(&self) -> Option<Event<C::Message, C::Error>> {
+        let event = self.events.recv().ok();
+        self.consumed();
+        event
+    }
+
+    /// The next event if one is ready. `Err(Disconnected)` once the reactor
+    /// has stopped and every event has been received.
+    pub fn try_recv(&self) -> Result<Event<C::Message, C::Error>, TryRecvError> {
+        let event = self.events.try_recv();
+        if event.is_ok() {
+            self.consumed();
+        }
+        event
+    }
+
+    /// Waits up to `timeout` for the next event.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event<C::Message, C::Error>, RecvTimeoutError> {
+        let event = self.events.recv_timeout(timeout);
+        if event.is_ok() {
+            self.consumed();
+        }
+        event
+    }
+
+    /// A blocking iterator over events; it ends when the reactor stops.
+    pub fn iter(&self) -> impl Iterator<Item = Event<C::Message, C::Error>> + '_ {
+        std::iter::from_fn(move || self.recv())
+    }
+
+    /// Whether the reactor thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.inner.thread.lock().map(|t| t.as_ref().is_some_and(|t| !t.is_finished())).unwrap_or(false)
+    }
+}

@@ -1,0 +1,78 @@
+//! # peerlink
+//!
+//! A low-level, Bitcoin-specialised P2P network client. One reactor thread
+//! (mio) owns every socket; you talk to it through a [`Handle`] and exchange
+//! [`NetworkMessage`](bitcoin::p2p::message::NetworkMessage) values. You never
+//! touch a socket or a byte.
+//!
+//! ```no_run
+//! use bitcoin::p2p::message::NetworkMessage;
+//! use peerlink::{Config, Event};
+//!
+//! let handle = peerlink::start(Config::new(bitcoin::Network::Regtest))?;
+//! let peer = handle.connect("127.0.0.1:18444".parse()?)?;
+//! handle.send(peer, NetworkMessage::Ping(42))?;
+//! for event in handle.iter() {
+//!     if let Event::Message { message: NetworkMessage::Pong(42), .. } = event {
+//!         break;
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## One `ping`, through the layers
+//!
+//! 1. **Handle.** [`Handle::send`] puts `Send { peer, Ping(42) }` on an
+//!    unbounded command channel. It wakes the reactor (one `eventfd` write)
+//!    only if the reactor said it might be asleep; a busy reactor finds the
+//!    command on its next round at no syscall cost.
+//! 2. **Encode.** The reactor looks the peer up by its [`PeerId`] and asks the
+//!    connection's codec ([`wire::V1Codec`]) to encode the message straight
+//!    into the peer's send buffer: magic, command, length, then the payload,
+//!    then the checksum (SHA256d, computed once) patched into the header. If
+//!    more than [`Config::send_buffer_limit`] bytes are queued the message
+//!    comes back in [`Event::SendRejected`] instead, and
+//!    [`Event::Writable`] follows once the queue drains.
+//! 3. **Write.** After applying a batch of commands, the reactor writes each
+//!    dirty send buffer until it is empty, the socket says `WouldBlock`, or the
+//!    peer's per-round budget is used. Sockets are registered for read and
+//!    write readiness once, so queuing never costs an `epoll_ctl`.
+//! 4. **Read.** On the other side the socket's readiness puts the peer on the
+//!    read queue. The reactor reads up to 64 KiB into a shared scratch buffer
+//!    and the codec validates the 24-byte header (magic, command, length ≤
+//!    4,000,000) before anything is buffered for the payload. A frame that is
+//!    not complete is copied into the peer's own buffer, which grows only as
+//!    bytes arrive.
+//! 5. **Decode.** When the frame is complete the checksum is verified and the
+//!    payload decoded in place ([`wire::payload`]). The result goes out as
+//!    [`Event::Message`] on a bounded channel. If the channel is full the
+//!    reactor stops reading sockets, and TCP slows the senders, until
+//!    [`Handle::recv`] makes room. Any violation disconnects that peer alone,
+//!    with a typed [`DisconnectReason`].
+//!
+//! The codec layer is sans-IO and the reactor is generic over it
+//! ([`codec::Codec`], [`start_with_codec`]).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod handle;
+mod reactor;
+pub mod wire;
+
+pub use config::Config;
+pub use error::StartError;
+pub use event::{ConnectError, Direction, DisconnectReason, Event, PeerId, SendError};
+pub use handle::{Disconnect, Handle, ReactorGone};
+pub use reactor::start_with_codec;
+
+/// Starts a reactor that speaks the Bitcoin v1 wire format on
+/// `config.magic`'s network.
+pub fn start(config: Config) -> Result<Handle, StartError> {
+    let codec = wire::V1Codec::new(config.magic).with_max_payload(config.max_message_len);
+    start_with_codec(config, codec)
+}
