@@ -151,3 +151,6 @@ fn hex(bytes: &[u8]) -> String {
         s
     })
 }
+
+#[cfg(test)]
+mod tests;

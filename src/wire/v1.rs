@@ -151,16 +151,18 @@ impl Codec for V1Codec {
     }
 
     fn encode(&mut self, message: &NetworkMessage, out: &mut Vec<u8>) -> Result<(), WireError> {
+        // Validate the command before touching `out`: on error it must be left as it was.
+        let command = command_bytes(message)?;
         let start = out.len();
         out.extend_from_slice(self.magic.as_ref());
-        out.extend_from_slice(&command_bytes(message)?);
+        out.extend_from_slice(&command);
         out.extend_from_slice(&[0u8; 8]);
         payload::encode(message, out);
         let len = out.len() - start - HEADER_LEN;
         if len > self.max_len as usize {
             out.truncate(start);
             return Err(WireError::Oversize {
-                command: Command::from_wire(command_bytes(message)?)?,
+                command: Command::from_wire(command)?,
                 length: u32::try_from(len).unwrap_or(u32::MAX),
                 max: self.max_len,
             });

@@ -1,0 +1,114 @@
+//! A raw-mode listener. It prints one line per event and answers `ping` with
+//! `pong` (same nonce) and `version` with its own `version` then `verack`.
+//! It runs until killed.
+//!
+//! ```text
+//! cargo run --example listen -- --bind 127.0.0.1:18444 [--network regtest]
+//! ```
+//!
+//! Output lines (stable, greppable):
+//! `listening addr=…`, `connected peer=ID addr=… direction=inbound`,
+//! `message peer=ID cmd=NAME size=BYTES`, `disconnected peer=ID reason=…`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_network::VersionMessage;
+use bitcoin::p2p::{Address, ServiceFlags};
+use peerlink::{Config, Event};
+
+const USAGE: &str = "usage: listen --bind ADDR [--network main|test|testnet4|signet|regtest]";
+
+fn main() -> ExitCode {
+    let (bind, network) = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = Config::new(network);
+    config.listen.push(bind);
+    let handle = match peerlink::start(config) {
+        Ok(h) => h,
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+            eprintln!("error: {e}{cause}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for addr in handle.local_addrs() {
+        println!("listening addr={addr} network={network}");
+    }
+    let mut nonce = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    for event in handle.iter() {
+        match event {
+            Event::Connected { peer, remote, direction, .. } => {
+                println!("connected peer={peer} addr={remote} direction={direction}")
+            }
+            Event::Disconnected { peer, reason } => println!("disconnected peer={peer} reason={reason}"),
+            Event::Message { peer, message, wire_size } => {
+                println!("message peer={peer} cmd={} size={wire_size}", message.command());
+                let replies = match message {
+                    NetworkMessage::Ping(n) => vec![NetworkMessage::Pong(n)],
+                    NetworkMessage::Version(v) => {
+                        nonce = nonce.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        vec![NetworkMessage::Version(version(&v, nonce)), NetworkMessage::Verack]
+                    }
+                    _ => vec![],
+                };
+                for reply in replies {
+                    if handle.send(peer, reply).is_err() {
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            Event::SendRejected { peer, message, reason } => {
+                println!("rejected peer={peer} cmd={} reason={reason}", message.command())
+            }
+            Event::Writable { peer } => println!("writable peer={peer}"),
+            Event::ConnectFailed { peer, addr, error } => {
+                println!("connect-failed peer={peer} addr={addr} error={error}")
+            }
+            _ => {}
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(SocketAddr, bitcoin::Network), String> {
+    let mut bind = None;
+    let mut network = bitcoin::Network::Bitcoin;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bind" => {
+                let v = args.next().ok_or("--bind needs an address")?;
+                bind = Some(v.parse().map_err(|e| format!("bad --bind address {v:?}: {e}"))?);
+            }
+            "--network" => {
+                let v = args.next().ok_or("--network needs a name")?;
+                network = peerlink::config::parse_network(&v).ok_or(format!("unknown network {v:?}"))?;
+            }
+            "-h" | "--help" => return Err("help requested".into()),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok((bind.ok_or("--bind is required")?, network))
+}
+
+fn version(theirs: &VersionMessage, nonce: u64) -> VersionMessage {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    VersionMessage {
+        version: 70016,
+        services: ServiceFlags::NONE,
+        timestamp: now,
+        receiver: theirs.sender.clone(),
+        sender: Address { services: ServiceFlags::NONE, address: [0; 8], port: 0 },
+        nonce,
+        user_agent: "/peerlink-listen:0.1.0/".to_owned(),
+        start_height: 0,
+        relay: false,
+    }
+}

@@ -1,0 +1,380 @@
+//! Functional tests of the reactor and handle.
+
+use std::io::Read;
+use std::net::TcpStream;
+
+use bitcoin::p2p::message::NetworkMessage;
+use peerlink::{Config, ConnectError, Direction, Disconnect, DisconnectReason, Event, SendError};
+
+use crate::common::*;
+
+#[test]
+fn connected_events_carry_direction_and_addresses() {
+    let (server, addr) = listener();
+    let client = client();
+    let id = client.connect(addr).unwrap();
+    let (local, remote) = wait_for(&client, |e| match e {
+        Event::Connected { peer, direction, local, remote } => {
+            assert_eq!(peer, id);
+            assert_eq!(direction, Direction::Outbound);
+            Some((local, remote))
+        }
+        _ => None,
+    });
+    assert_eq!(remote, addr);
+    wait_for(&server, |e| match e {
+        Event::Connected { direction, local: l, remote: r, .. } => {
+            assert_eq!(direction, Direction::Inbound);
+            assert_eq!(l, addr);
+            assert_eq!(r, local);
+            Some(())
+        }
+        _ => None,
+    });
+}
+
+#[test]
+fn thousand_messages_each_way_interleaved() {
+    let (client, c, server, s) = pair();
+    const N: u64 = 1000;
+    for i in 0..N {
+        client.send(c, NetworkMessage::Ping(i)).unwrap();
+        server.send(s, NetworkMessage::Pong(i)).unwrap();
+    }
+    let mut got_server = 0;
+    let mut got_client = 0;
+    while got_server < N || got_client < N {
+        if got_server < N {
+            if let Ok(Event::Message { message, .. }) = server.try_recv() {
+                assert_eq!(message, NetworkMessage::Ping(got_server), "in order");
+                got_server += 1;
+            }
+        }
+        if got_client < N {
+            if let Ok(Event::Message { message, .. }) = client.try_recv() {
+                assert_eq!(message, NetworkMessage::Pong(got_client), "in order");
+                got_client += 1;
+            }
+        }
+        if got_server < N && got_client == N {
+            let (_, m) = message(&server);
+            assert_eq!(m, NetworkMessage::Ping(got_server));
+            got_server += 1;
+        } else if got_client < N && got_server == N {
+            let (_, m) = message(&client);
+            assert_eq!(m, NetworkMessage::Pong(got_client));
+            got_client += 1;
+        }
+    }
+    assert_round_trip(&client, c, &server, 7);
+}
+
+#[test]
+fn message_of_3_9_mb_arrives_intact() {
+    let (client, c, server, _) = pair();
+    let tx = big_tx(3_900_000);
+    let size = bitcoin::consensus::serialize(&tx).len();
+    assert!(size > 3_890_000 && size < 4_000_000, "tx is {size} bytes");
+    client.send(c, NetworkMessage::Tx(tx.clone())).unwrap();
+    let (got, wire) = wait_for(&server, |e| match e {
+        Event::Message { message: NetworkMessage::Tx(t), wire_size, .. } => Some((t, wire_size)),
+        Event::Disconnected { reason, .. } => panic!("disconnected: {reason}"),
+        _ => None,
+    });
+    assert_eq!(wire, size + 24);
+    assert_eq!(got.compute_txid(), tx.compute_txid());
+}
+
+#[test]
+fn hundred_peers_into_one_listener() {
+    let (server, addr) = listener();
+    let clients: Vec<_> = (0..4).map(|_| client()).collect();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let h = &clients[i % clients.len()];
+        ids.push((i, h.connect(addr).unwrap()));
+    }
+    let mut server_ids = std::collections::HashSet::new();
+    while server_ids.len() < 100 {
+        server_ids.insert(connected(&server));
+    }
+    for h in &clients {
+        // Each client reports its 25 connections.
+        for _ in 0..25 {
+            connected(h);
+        }
+    }
+    for (i, id) in &ids {
+        clients[i % clients.len()].send(*id, NetworkMessage::Ping(*i as u64)).unwrap();
+    }
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..100 {
+        let (peer, m) = message(&server);
+        let NetworkMessage::Ping(n) = m else { panic!("unexpected {m:?}") };
+        assert!(seen.insert(n, peer).is_none(), "ping {n} twice");
+        server.send(peer, NetworkMessage::Pong(n)).unwrap();
+    }
+    assert_eq!(seen.len(), 100);
+    let distinct: std::collections::HashSet<_> = seen.values().collect();
+    assert_eq!(distinct.len(), 100, "every ping came from its own peer");
+    for h in &clients {
+        for _ in 0..25 {
+            let (_, m) = message(h);
+            assert!(matches!(m, NetworkMessage::Pong(_)));
+        }
+    }
+}
+
+#[test]
+fn connect_to_closed_port_fails_with_io_error() {
+    let closed = {
+        let l = std::net::TcpListener::bind(localhost()).unwrap();
+        l.local_addr().unwrap()
+    };
+    let client = client();
+    let id = client.connect(closed).unwrap();
+    wait_for(&client, |e| match e {
+        Event::ConnectFailed { peer, addr, error } => {
+            assert_eq!(peer, id);
+            assert_eq!(addr, closed);
+            assert!(matches!(error, ConnectError::Io(_)), "{error}");
+            Some(())
+        }
+        Event::Connected { .. } => panic!("connected to a closed port"),
+        _ => None,
+    });
+}
+
+#[test]
+fn send_to_unknown_peer_comes_back() {
+    let (client, c, _server, _) = pair();
+    client.disconnect(c, Disconnect::Now).unwrap();
+    client.send(c, NetworkMessage::Ping(9)).unwrap();
+    let mut saw_disconnect = false;
+    wait_for(&client, |e| match e {
+        Event::Disconnected { reason: DisconnectReason::Requested, .. } => {
+            saw_disconnect = true;
+            None
+        }
+        Event::SendRejected { peer, message, reason: SendError::UnknownPeer } => {
+            assert_eq!(peer, c);
+            assert_eq!(message, NetworkMessage::Ping(9));
+            Some(())
+        }
+        other => panic!("unexpected {other:?}"),
+    });
+    assert!(saw_disconnect);
+}
+
+#[test]
+fn peer_close_is_reported() {
+    let (client, _c, server, s) = pair();
+    drop(client);
+    wait_for(&server, |e| match e {
+        Event::Disconnected { peer, reason } => {
+            assert_eq!(peer, s);
+            assert!(matches!(reason, DisconnectReason::PeerClosed | DisconnectReason::Io(_)), "{reason}");
+            Some(())
+        }
+        _ => None,
+    });
+}
+
+#[test]
+fn disconnect_after_flush_delivers_everything_then_closes() {
+    let (server, addr) = listener();
+    let (mut raw, id) = raw_peer(&server, addr);
+    // Below the 1 MB send-buffer limit, so the ping after it is queued too.
+    let tx = big_tx(900_000);
+    server.send(id, NetworkMessage::Tx(tx.clone())).unwrap();
+    server.send(id, NetworkMessage::Ping(1)).unwrap();
+    server.disconnect(id, Disconnect::AfterFlush).unwrap();
+    // Sends after the disconnect request are refused, not lost silently.
+    server.send(id, NetworkMessage::Ping(2)).unwrap();
+    let bytes = read_to_close(&mut raw);
+    let mut expected = encode(NET, &NetworkMessage::Tx(tx));
+    expected.extend(encode(NET, &NetworkMessage::Ping(1)));
+    assert_eq!(bytes.len(), expected.len());
+    assert!(bytes == expected);
+    let mut rejected = false;
+    wait_for(&server, |e| match e {
+        Event::SendRejected { message: NetworkMessage::Ping(2), reason, .. } => {
+            assert!(matches!(reason, SendError::Closing | SendError::UnknownPeer), "{reason}");
+            rejected = true;
+            None
+        }
+        Event::Disconnected { peer, reason } => {
+            assert_eq!(peer, id);
+            assert!(matches!(reason, DisconnectReason::Flushed), "{reason}");
+            Some(())
+        }
+        _ => None,
+    });
+    if !rejected {
+        wait_for(&server, |e| match e {
+            Event::SendRejected { message: NetworkMessage::Ping(2), .. } => Some(()),
+            _ => None,
+        });
+    }
+}
+
+#[test]
+fn send_cap_returns_message_then_writable_follows() {
+    let mut config = listener_config();
+    config.send_buffer_limit = 300_000;
+    let (server, addr) = listener_with(config);
+    let (mut raw, id) = raw_peer(&server, addr);
+    // The raw peer reads nothing yet: queue 100 KB messages until one is refused.
+    let tx = big_tx(100_000);
+    let mut sent = 0u32;
+    let rejected = loop {
+        server.send(id, NetworkMessage::Tx(tx.clone())).unwrap();
+        sent += 1;
+        assert!(sent < 10_000, "no message was ever refused");
+        // Sends are asynchronous; check for a refusal after each one.
+        match server.try_recv() {
+            Ok(Event::SendRejected { peer, message, reason }) => {
+                assert_eq!(peer, id);
+                assert!(matches!(reason, SendError::BufferFull { limit: 300_000, .. }), "{reason}");
+                break message;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => {
+                if sent % 16 == 0 {
+                    // Let the reactor catch up so the test does not queue
+                    // thousands of commands before the first refusal.
+                    let e = server.recv_timeout(std::time::Duration::from_millis(50));
+                    if let Ok(Event::SendRejected { message, reason, .. }) = e {
+                        assert!(matches!(reason, SendError::BufferFull { .. }));
+                        break message;
+                    }
+                }
+            }
+        }
+    };
+    assert_eq!(rejected, NetworkMessage::Tx(tx.clone()), "the refused message comes back unchanged");
+    // Anything sent after the refusal is refused too (in order), until Writable.
+    let reader = std::thread::spawn(move || {
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = raw.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    let mut refused = 1u32;
+    wait_for(&server, |e| match e {
+        Event::SendRejected { .. } => {
+            refused += 1;
+            None
+        }
+        Event::Writable { peer } => {
+            assert_eq!(peer, id);
+            Some(())
+        }
+        other => panic!("unexpected {other:?}"),
+    });
+    // Writable: the stream resumes where it stopped.
+    server.send(id, NetworkMessage::Ping(77)).unwrap();
+    server.disconnect(id, Disconnect::AfterFlush).unwrap();
+    wait_for(&server, |e| match e {
+        Event::Disconnected { reason: DisconnectReason::Flushed, .. } => Some(()),
+        Event::SendRejected { .. } => panic!("refused after Writable"),
+        _ => None,
+    });
+    let total = reader.join().unwrap();
+    let accepted = (sent - refused) as usize;
+    let tx_frame = encode(NET, &NetworkMessage::Tx(tx)).len();
+    assert_eq!(total, accepted * tx_frame + 32, "every accepted message and the ping arrived");
+}
+
+#[test]
+fn stalled_reader_is_disconnected() {
+    let mut config = listener_config();
+    config.stall_timeout = std::time::Duration::from_millis(300);
+    let (server, addr) = listener_with(config);
+    let (_raw, id) = raw_peer(&server, addr);
+    // The peer never reads: keep its queue full (the kernel's buffers grow
+    // for a while, so refill whenever the reactor says it is writable) until
+    // the reactor gives up on it.
+    let tx = big_tx(200_000);
+    let mut full = false;
+    loop {
+        if !full {
+            server.send(id, NetworkMessage::Tx(tx.clone())).unwrap();
+        }
+        let event = if full { Some(next_event(&server)) } else { server.try_recv().ok() };
+        match event {
+            None => {}
+            Some(Event::SendRejected { .. }) => full = true,
+            Some(Event::Writable { .. }) => full = false,
+            Some(Event::Disconnected { peer, reason: DisconnectReason::SendStalled { queued, .. } }) => {
+                assert_eq!(peer, id);
+                assert!(queued > 0);
+                break;
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn full_event_channel_pauses_reading_and_loses_nothing() {
+    let mut config = listener_config();
+    config.event_capacity = 8;
+    let (server, addr) = listener_with(config);
+    let mut raw = TcpStream::connect(addr).unwrap();
+    // 16 MB of pings: far more than the kernel's socket buffers.
+    const N: u64 = 500_000;
+    let mut bytes = Vec::with_capacity(N as usize * 32);
+    for i in 0..N {
+        bytes.extend(encode(NET, &NetworkMessage::Ping(i)));
+    }
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        raw.write_all(&bytes).unwrap();
+        done_tx.send(()).unwrap();
+        raw
+    });
+    let id = connected(&server);
+    // The consumer is stalled: the reactor must stop reading, so TCP stops
+    // the writer. (A broken reactor would let the writer finish; a correct
+    // one never does, however long we wait.)
+    assert!(
+        done_rx.recv_timeout(std::time::Duration::from_secs(1)).is_err(),
+        "writer finished although nobody consumed events"
+    );
+    for i in 0..N {
+        match next_event(&server) {
+            Event::Message { peer, message, .. } => {
+                assert_eq!(peer, id);
+                assert_eq!(message, NetworkMessage::Ping(i), "nothing lost or reordered");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    done_rx.recv_timeout(WAIT).expect("writer finishes once events are consumed");
+    drop(writer.join().unwrap());
+}
+
+#[test]
+fn local_addrs_match_listen_order() {
+    let mut config = Config::new(NET);
+    config.listen.push(localhost());
+    config.listen.push("[::1]:0".parse().unwrap());
+    let Ok(handle) = peerlink::start(config) else {
+        // No IPv6 loopback on this machine: check a single listener instead.
+        let (h, addr) = listener();
+        assert_ne!(addr.port(), 0);
+        drop(h);
+        return;
+    };
+    let addrs = handle.local_addrs();
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
+    assert!(addrs.iter().all(|a| a.port() != 0));
+}
