@@ -14,15 +14,18 @@ use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
-use peerlink::{Config, Event, Handle, PeerId};
+use peerlink::{Config, Event, Handle, Mode, PeerId};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut node_config = Config::new(bitcoin::Network::Regtest);
+    // Raw mode: this demo does the handshake by hand, to show every message.
+    let mut raw = Config::new(bitcoin::Network::Regtest);
+    raw.mode = Mode::Raw;
+    let mut node_config = raw.clone();
     node_config.listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
     let node = peerlink::start(node_config)?;
-    let client = peerlink::start(Config::new(bitcoin::Network::Regtest))?;
+    let client = peerlink::start(raw)?;
     let node_addr = node.local_addrs()[0];
     println!("node listening on {node_addr}");
 

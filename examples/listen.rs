@@ -1,13 +1,17 @@
-//! A raw-mode listener. It prints one line per event and answers `ping` with
-//! `pong` (same nonce) and `version` with its own `version` then `verack`.
-//! It runs until killed.
+//! A listener that prints one line per event. It runs until killed.
 //!
 //! ```text
-//! cargo run --example listen -- --bind 127.0.0.1:18444 [--network regtest]
+//! cargo run --example listen -- --bind 127.0.0.1:18444 [--network regtest] [--session]
 //! ```
 //!
+//! Raw mode (the default here) answers `ping` with `pong` (same nonce) and
+//! `version` with its own `version` then `verack`. With `--session` the
+//! library runs the handshake and keepalive and each peer is announced once
+//! it is ready.
+//!
 //! Output lines (stable, greppable):
-//! `listening addr=…`, `connected peer=ID addr=… direction=inbound`,
+//! `listening addr=…`, `connected peer=ID addr=… direction=inbound transport=v1`,
+//! `ready peer=ID addr=… ua=… version=… services=… height=… transport=…`,
 //! `message peer=ID cmd=NAME size=BYTES`, `disconnected peer=ID reason=…`.
 
 use std::net::SocketAddr;
@@ -17,12 +21,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
-use peerlink::{Config, Event};
+use peerlink::{Config, Event, Mode};
 
-const USAGE: &str = "usage: listen --bind ADDR [--network main|test|testnet4|signet|regtest]";
+const USAGE: &str = "usage: listen --bind ADDR [--network main|test|testnet4|signet|regtest] [--session]";
+
+struct Args {
+    bind: SocketAddr,
+    network: bitcoin::Network,
+    session: bool,
+}
 
 fn main() -> ExitCode {
-    let (bind, network) = match parse_args(std::env::args().skip(1)) {
+    let Args { bind, network, session } = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}\n{USAGE}");
@@ -31,6 +41,8 @@ fn main() -> ExitCode {
     };
     let mut config = Config::new(network);
     config.listen.push(bind);
+    config.mode = if session { Mode::Session } else { Mode::Raw };
+    config.session.user_agent_name = Some("listen".into());
     let handle = match peerlink::start(config) {
         Ok(h) => h,
         Err(e) => {
@@ -46,12 +58,27 @@ fn main() -> ExitCode {
     for event in handle.iter() {
         match event {
             Event::Connected { peer, remote, direction, .. } => {
-                println!("connected peer={peer} addr={remote} direction={direction}")
+                println!("connected peer={peer} addr={remote} direction={direction} transport=v1")
+            }
+            Event::Ready { peer, info } => {
+                let v = info.version.as_ref();
+                println!(
+                    "ready peer={peer} addr={} direction={} ua={:?} version={} services={} height={} features={} transport={}",
+                    info.addr,
+                    info.direction,
+                    v.map_or("", |v| &v.user_agent),
+                    v.map_or(0, |v| v.version),
+                    v.map_or(bitcoin::p2p::ServiceFlags::NONE, |v| v.services),
+                    v.map_or(0, |v| v.start_height),
+                    info.features,
+                    info.transport,
+                );
             }
             Event::Disconnected { peer, reason } => println!("disconnected peer={peer} reason={reason}"),
             Event::Message { peer, message, wire_size } => {
                 println!("message peer={peer} cmd={} size={wire_size}", message.command());
                 let replies = match message {
+                    _ if session => vec![],
                     NetworkMessage::Ping(n) => vec![NetworkMessage::Pong(n)],
                     NetworkMessage::Version(v) => {
                         nonce = nonce.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -78,9 +105,10 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(SocketAddr, bitcoin::Network), String> {
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut bind = None;
     let mut network = bitcoin::Network::Bitcoin;
+    let mut session = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bind" => {
@@ -91,11 +119,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(SocketAddr, bit
                 let v = args.next().ok_or("--network needs a name")?;
                 network = peerlink::config::parse_network(&v).ok_or(format!("unknown network {v:?}"))?;
             }
+            "--session" => session = true,
             "-h" | "--help" => return Err("help requested".into()),
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
-    Ok((bind.ok_or("--bind is required")?, network))
+    Ok(Args { bind: bind.ok_or("--bind is required")?, network, session })
 }
 
 fn version(theirs: &VersionMessage, nonce: u64) -> VersionMessage {

@@ -96,4 +96,35 @@ pub trait Codec: Clone + Send + 'static {
 
     /// The largest frame, in bytes, this codec accepts or produces.
     fn max_frame_len(&self) -> usize;
+
+    /// The transport this codec speaks, reported in peer info.
+    fn transport(&self) -> Transport {
+        Transport::Custom
+    }
+}
+
+/// The transport a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transport {
+    /// The classic unencrypted Bitcoin framing.
+    V1,
+    /// BIP324 encrypted transport.
+    V2 {
+        /// The BIP324 session id. Both ends see the same value unless a
+        /// man in the middle is present: compare it out of band.
+        session_id: [u8; 32],
+    },
+    /// A codec other than the built-in Bitcoin ones.
+    Custom,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::V1 => f.write_str("v1"),
+            Transport::V2 { .. } => f.write_str("v2"),
+            Transport::Custom => f.write_str("custom"),
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bitcoin::p2p::Magic;
 
+use crate::session::{Mode, SessionConfig};
 use crate::wire::v1::MAX_PROTOCOL_MESSAGE_LENGTH;
 
 /// Bitcoin Core's `-maxsendbuffer` default (src/net.h): 1,000 KB per peer.
@@ -66,6 +67,13 @@ pub struct Config {
     pub event_capacity: usize,
     /// Bytes read and written per peer per round. Default 256 KiB.
     pub io_budget: usize,
+    /// Session or raw mode (built-in Bitcoin codec only). Default session.
+    pub mode: Mode,
+    /// Session options (session mode only).
+    pub session: SessionConfig,
+    /// Best-chain height announced in `version`; update it at runtime with
+    /// [`Handle::set_start_height`](crate::Handle::set_start_height).
+    pub start_height: i32,
 }
 
 impl Config {
@@ -81,6 +89,9 @@ impl Config {
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             io_budget: DEFAULT_IO_BUDGET,
+            mode: Mode::Session,
+            session: SessionConfig::default(),
+            start_height: 0,
         }
     }
 }

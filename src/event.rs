@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use bitcoin::p2p::message::NetworkMessage;
 
+use crate::peer::PeerInfo;
+use crate::session::SessionError;
 use crate::wire::WireError;
 
 /// Identifies one connection for its whole life. Ids come from one counter
@@ -72,6 +74,14 @@ pub enum Event<M = NetworkMessage, E = WireError> {
         /// Why it failed.
         error: ConnectError,
     },
+    /// Session mode: the handshake with a peer is complete. This is the first
+    /// event for the peer; no message from it is delivered before.
+    Ready {
+        /// The peer.
+        peer: PeerId,
+        /// What the peer told us, and what was negotiated.
+        info: Box<PeerInfo>,
+    },
     /// A message arrived.
     Message {
         /// Who sent it.
@@ -81,7 +91,9 @@ pub enum Event<M = NetworkMessage, E = WireError> {
         /// Its size on the wire, framing included, in bytes.
         wire_size: usize,
     },
-    /// A connection ended. No further events arrive for `peer`.
+    /// A connection ended. No further events arrive for `peer`. In session
+    /// mode this also reports peers that failed the handshake and were never
+    /// announced, with the reason it failed.
     Disconnected {
         /// The peer that is gone.
         peer: PeerId,
@@ -115,8 +127,8 @@ pub enum ConnectError {
     Io(io::Error),
     /// No connection within the configured connect timeout.
     Timeout(Duration),
-    /// The reactor is shutting down.
-    Shutdown,
+    /// We cancelled the attempt with [`Handle::disconnect`](crate::Handle::disconnect).
+    Cancelled,
 }
 
 impl fmt::Display for ConnectError {
@@ -124,7 +136,7 @@ impl fmt::Display for ConnectError {
         match self {
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
             ConnectError::Timeout(d) => write!(f, "connect timed out after {} ms", d.as_millis()),
-            ConnectError::Shutdown => f.write_str("reactor shutting down"),
+            ConnectError::Cancelled => f.write_str("connection attempt cancelled"),
         }
     }
 }
@@ -153,6 +165,8 @@ pub enum DisconnectReason<E = WireError> {
     Io(io::Error),
     /// The peer sent bytes the codec refused.
     Codec(E),
+    /// The peer broke the session protocol, or a session timer expired.
+    Session(SessionError),
     /// The peer read nothing for the stall timeout while we had data queued.
     SendStalled {
         /// Bytes still queued.
@@ -177,6 +191,7 @@ impl<E: fmt::Display> fmt::Display for DisconnectReason<E> {
             DisconnectReason::PeerClosed => f.write_str("closed by peer"),
             DisconnectReason::Io(e) => write!(f, "socket error: {e}"),
             DisconnectReason::Codec(e) => write!(f, "protocol violation: {e}"),
+            DisconnectReason::Session(e) => write!(f, "session: {e}"),
             DisconnectReason::SendStalled { queued, timeout } => {
                 write!(f, "peer read nothing for {} s with {queued} bytes queued", timeout.as_secs_f64())
             }
@@ -192,6 +207,7 @@ impl<E: std::error::Error + 'static> std::error::Error for DisconnectReason<E> {
         match self {
             DisconnectReason::Io(e) => Some(e),
             DisconnectReason::Codec(e) => Some(e),
+            DisconnectReason::Session(e) => Some(e),
             _ => None,
         }
     }

@@ -1,7 +1,7 @@
 //! The user's side of the reactor: commands in, events out.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::codec::Codec;
 use crate::event::{Event, PeerId};
+use crate::peer::{PeerInfo, PeerStats};
 use crate::wire::V1Codec;
 
 /// How to end a connection.
@@ -39,6 +40,14 @@ pub(crate) enum Cmd<M> {
     Connect { peer: PeerId, addr: SocketAddr },
     Send { peer: PeerId, message: M },
     Disconnect { peer: PeerId, mode: Disconnect },
+    Query(Query),
+}
+
+/// Questions the reactor answers on a one-shot channel.
+pub(crate) enum Query {
+    Peers(Sender<Vec<PeerInfo>>),
+    Info(PeerId, Sender<Option<PeerInfo>>),
+    Stats(PeerId, Sender<Option<PeerStats>>),
 }
 
 /// State shared between the handles and the reactor thread.
@@ -50,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) events_blocked: AtomicBool,
     pub(crate) shutdown: AtomicBool,
     pub(crate) next_peer: AtomicU64,
+    /// Our best height, announced in `version` (session mode).
+    pub(crate) start_height: AtomicI32,
 }
 
 impl Shared {
@@ -214,6 +225,33 @@ impl<C: Codec> Handle<C> {
     /// A blocking iterator over events; it ends when the reactor stops.
     pub fn iter(&self) -> impl Iterator<Item = Event<C::Message, C::Error>> + '_ {
         std::iter::from_fn(move || self.recv())
+    }
+
+    fn ask<T>(&self, query: impl FnOnce(Sender<T>) -> Query) -> Result<T, ReactorGone> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.command(Cmd::Query(query(tx)))?;
+        rx.recv().map_err(|_| ReactorGone)
+    }
+
+    /// Connected peers, sorted by id: in session mode the ready ones, in raw
+    /// mode every established connection. Answered by the reactor thread.
+    pub fn peers(&self) -> Result<Vec<PeerInfo>, ReactorGone> {
+        self.ask(Query::Peers)
+    }
+
+    /// What we know about one peer (`None` if it is gone).
+    pub fn peer_info(&self, peer: PeerId) -> Result<Option<PeerInfo>, ReactorGone> {
+        self.ask(|tx| Query::Info(peer, tx))
+    }
+
+    /// One peer's counters (`None` if it is gone).
+    pub fn peer_stats(&self, peer: PeerId) -> Result<Option<PeerStats>, ReactorGone> {
+        self.ask(|tx| Query::Stats(peer, tx))
+    }
+
+    /// Sets the best-chain height announced in later `version` messages.
+    pub fn set_start_height(&self, height: i32) {
+        self.inner.shared.start_height.store(height, Ordering::Relaxed);
     }
 
     /// Whether the reactor thread is still running.

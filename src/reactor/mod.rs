@@ -6,24 +6,28 @@
 //! edge-triggered, so a peer whose budget ran out goes back on a queue and is
 //! served next round with a zero poll timeout.
 
+mod conn;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::codec::{Codec, Decoded};
+use self::conn::{Conn, Outbox, State, decode_all};
+use crate::codec::Codec;
 use crate::config::Config;
 use crate::error::StartError;
 use crate::event::{ConnectError, Direction, DisconnectReason, Event, PeerId, SendError};
-use crate::handle::{Cmd, Disconnect, Handle, Shared};
+use crate::handle::{Cmd, Disconnect, Handle, Query, Shared};
+use crate::protocol::{Link, Passthrough, Protocol};
 
 /// Size of one read from a socket (Bitcoin Core reads 64 KiB per round).
 const READ_CHUNK: usize = 64 * 1024;
@@ -65,44 +69,8 @@ enum Timer {
     Connect(u64),
     Stall(u64),
     Frame(u64),
+    Proto(u64),
     Accept(usize),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Connecting,
-    Open,
-    /// Disconnect requested after flush: no new messages, close when empty.
-    Closing,
-}
-
-struct Conn<C> {
-    id: PeerId,
-    stream: TcpStream,
-    codec: C,
-    state: State,
-    direction: Direction,
-    addr: SocketAddr,
-    /// Bytes of an incomplete frame.
-    rx: Vec<u8>,
-    /// Length of the incomplete frame, once the codec knows it.
-    rx_frame_len: Option<usize>,
-    frame_started: Option<Instant>,
-    tx: Vec<u8>,
-    tx_pos: usize,
-    tx_progress: Instant,
-    stall_armed: bool,
-    writable: bool,
-    in_read_queue: bool,
-    in_write_queue: bool,
-    /// A message was refused; report `Writable` once the queue drains.
-    reject_pending: bool,
-}
-
-impl<C> Conn<C> {
-    fn queued(&self) -> usize {
-        self.tx.len() - self.tx_pos
-    }
 }
 
 struct Listener {
@@ -111,61 +79,19 @@ struct Listener {
     backoff_until: Option<Instant>,
 }
 
-/// The event side: a bounded channel, plus an overflow queue that is only
-/// used while the channel is full. While anything is in the overflow queue
-/// no socket is read and no connection accepted, so it holds at most one
-/// decoded message plus events caused by user commands and timers.
-struct Outbox<M, E> {
-    tx: Sender<Event<M, E>>,
-    overflow: VecDeque<Event<M, E>>,
-    shared: Arc<Shared>,
-}
-
-impl<M, E> Outbox<M, E> {
-    fn paused(&self) -> bool {
-        !self.overflow.is_empty()
-    }
-
-    fn emit(&mut self, event: Event<M, E>) {
-        if !self.overflow.is_empty() {
-            self.overflow.push_back(event);
-            return;
-        }
-        match self.tx.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(event)) => {
-                self.overflow.push_back(event);
-                self.shared.events_blocked.store(true, Ordering::SeqCst);
-                // The consumer may have made room before it could see the flag.
-                self.flush();
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-    }
-
-    /// Moves overflow into the channel while there is room.
-    fn flush(&mut self) {
-        while let Some(event) = self.overflow.pop_front() {
-            match self.tx.try_send(event) {
-                Ok(()) => {}
-                Err(TrySendError::Full(event)) => {
-                    self.overflow.push_front(event);
-                    self.shared.events_blocked.store(true, Ordering::SeqCst);
-                    return;
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.overflow.clear();
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// Starts a reactor thread with `codec` as the prototype for every
-/// connection. Listeners are bound before this returns, so bind errors and
-/// bound addresses are known at once.
+/// connection, in raw mode: every decoded message is delivered and peers are
+/// announced with [`Event::Connected`]. Listeners are bound before this
+/// returns, so bind errors and bound addresses are known at once.
 pub fn start_with_codec<C: Codec>(config: Config, codec: C) -> Result<Handle<C>, StartError> {
+    spawn(config, codec, |_| Passthrough::new())
+}
+
+pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
+    config: Config,
+    codec: C,
+    protocol: impl FnOnce(&Arc<Shared>) -> P,
+) -> Result<Handle<C>, StartError> {
     let poll = Poll::new().map_err(StartError::Poll)?;
     let waker = Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?;
     let mut listeners = Vec::new();
@@ -183,7 +109,9 @@ pub fn start_with_codec<C: Codec>(config: Config, codec: C) -> Result<Handle<C>,
         events_blocked: AtomicBool::new(false),
         shutdown: AtomicBool::new(false),
         next_peer: AtomicU64::new(1),
+        start_height: AtomicI32::new(config.start_height),
     });
+    let protocol = protocol(&shared);
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
     let (ev_tx, ev_rx) = crossbeam_channel::bounded(config.event_capacity.max(1));
     let reactor = Reactor {
@@ -191,6 +119,8 @@ pub fn start_with_codec<C: Codec>(config: Config, codec: C) -> Result<Handle<C>,
         listeners,
         conns: IdMap::default(),
         codec,
+        protocol,
+        proto_out: Vec::new(),
         cmd_rx,
         out: Outbox { tx: ev_tx, overflow: VecDeque::new(), shared: Arc::clone(&shared) },
         shared: Arc::clone(&shared),
@@ -208,11 +138,14 @@ pub fn start_with_codec<C: Codec>(config: Config, codec: C) -> Result<Handle<C>,
     Ok(Handle::new(cmd_tx, ev_rx, shared, thread, local_addrs))
 }
 
-struct Reactor<C: Codec> {
+struct Reactor<C: Codec, P: Protocol<Message = C::Message>> {
     poll: Poll,
     listeners: Vec<Listener>,
-    conns: IdMap<Conn<C>>,
+    conns: IdMap<Conn<C, P::Conn>>,
     codec: C,
+    protocol: P,
+    /// Scratch list for messages the protocol layer wants sent.
+    proto_out: Vec<C::Message>,
     cmd_rx: Receiver<Cmd<C::Message>>,
     out: Outbox<C::Message, C::Error>,
     shared: Arc<Shared>,
@@ -224,7 +157,7 @@ struct Reactor<C: Codec> {
     config: Config,
 }
 
-impl<C: Codec> Reactor<C> {
+impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
@@ -239,13 +172,14 @@ impl<C: Codec> Reactor<C> {
             self.serve_writes();
             self.fire_timers();
 
-            let busy = !self.write_queue.is_empty()
-                || (!self.out.paused()
-                    && (!self.read_queue.is_empty()
-                        || self.listeners.iter().any(|l| l.pending && l.backoff_until.is_none())));
+            let accept_ready = self.listeners.iter().any(|l| l.pending && l.backoff_until.is_none());
+            let busy =
+                !self.write_queue.is_empty() || (!self.out.paused() && (!self.read_queue.is_empty() || accept_ready));
             let mut timeout = if busy { Some(Duration::ZERO) } else { self.next_deadline() };
             if timeout != Some(Duration::ZERO) {
                 self.shared.sleeping.store(true, Ordering::SeqCst);
+                // Re-check after announcing sleep: a command sent before the
+                // flag was visible would otherwise wait for the timeout.
                 if !self.cmd_rx.is_empty()
                     || self.shared.shutdown.load(Ordering::SeqCst)
                     || (self.out.paused() && !self.out.tx.is_full())
@@ -291,10 +225,9 @@ impl<C: Codec> Reactor<C> {
         // Ids are never reused: an event for a closed peer finds nothing.
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.state == State::Connecting {
-            if !(event.is_writable() || event.is_error() || event.is_write_closed() || event.is_read_closed()) {
-                return;
+            if event.is_writable() || event.is_error() || event.is_write_closed() || event.is_read_closed() {
+                self.finish_connect(id);
             }
-            self.finish_connect(id);
             return;
         }
         if (event.is_readable() || event.is_read_closed() || event.is_error()) && !conn.in_read_queue {
@@ -316,53 +249,51 @@ impl<C: Codec> Reactor<C> {
             Ok(Some(e)) | Err(e) => Err(e),
             Ok(None) => match conn.stream.peer_addr() {
                 Ok(_) => Ok(()),
+                // Spurious readiness: still connecting.
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) if e.raw_os_error() == Some(115) => return, // EINPROGRESS
                 Err(e) => Err(e),
             },
         };
-        match result {
-            Err(e) => {
-                let mut conn = self.conns.remove(&id).expect("looked up above");
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-                self.out.emit(Event::ConnectFailed { peer: conn.id, addr: conn.addr, error: ConnectError::Io(e) });
-            }
-            Ok(()) => {
-                let _ = conn.stream.set_nodelay(true);
-                let local = conn.stream.local_addr().unwrap_or(conn.addr);
-                conn.state = State::Open;
-                conn.writable = true;
-                conn.in_read_queue = true;
-                self.read_queue.push_back(id);
-                if conn.queued() > 0 && !conn.in_write_queue {
-                    conn.in_write_queue = true;
-                    self.write_queue.push_back(id);
-                }
-                self.out.emit(Event::Connected {
-                    peer: conn.id,
-                    direction: Direction::Outbound,
-                    local,
-                    remote: conn.addr,
-                });
-            }
+        if let Err(e) = result {
+            self.close(id, DisconnectReason::Io(e));
+            return;
+        }
+        let _ = conn.stream.set_nodelay(true);
+        let local = conn.stream.local_addr().unwrap_or(conn.addr);
+        conn.local = Some(local);
+        conn.state = State::Open;
+        conn.writable = true;
+        conn.in_read_queue = true;
+        self.read_queue.push_back(id);
+        if conn.queued() > 0 && !conn.in_write_queue {
+            conn.in_write_queue = true;
+            self.write_queue.push_back(id);
+        }
+        let flushed = conn.closing && conn.queued() == 0;
+        if self.protocol.announce_on_connect() {
+            conn.announced = true;
+            let remote = conn.addr;
+            let peer = conn.id;
+            self.out.emit(Event::Connected { peer, direction: Direction::Outbound, local, remote });
+        }
+        if flushed {
+            self.close(id, DisconnectReason::Flushed);
         }
     }
 
     fn accept_pending(&mut self) {
-        if self.out.paused() {
-            return;
-        }
         for i in 0..self.listeners.len() {
             let l = &self.listeners[i];
-            if !l.pending || l.backoff_until.is_some() {
-                continue;
+            if l.pending && l.backoff_until.is_none() {
+                self.accept(i);
             }
-            self.accept(i);
         }
     }
 
     fn accept(&mut self, i: usize) {
         for _ in 0..ACCEPT_BUDGET {
+            // Each accept may produce an event; wait while the user is behind.
             if self.out.paused() {
                 return;
             }
@@ -370,20 +301,25 @@ impl<C: Codec> Reactor<C> {
                 Ok((mut stream, remote)) => {
                     let id = self.shared.allocate_peer();
                     let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(self.listeners[i].socket.local_addr().unwrap_or(remote));
-                    if let Err(e) = self.poll.registry().register(
-                        &mut stream,
-                        Token(id.0 as usize),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if let Err(e) = self.poll.registry().register(&mut stream, Token(id.0 as usize), interest) {
                         log::warn!("cannot register accepted socket from {remote}: {e}");
                         continue;
                     }
+                    let local = stream.local_addr().ok();
                     if let Err(e) = self.insert_conn(id, stream, Direction::Inbound, remote, State::Open) {
-                        log::debug!("codec refused to start for {remote}: {e}");
+                        log::debug!("cannot start connection from {remote}: {}", DisplayReason(&e));
                         continue;
                     }
-                    self.out.emit(Event::Connected { peer: id, direction: Direction::Inbound, local, remote });
+                    let announce = self.protocol.announce_on_connect();
+                    if let Some(conn) = self.conns.get_mut(&id.0) {
+                        conn.local = local;
+                        if announce {
+                            conn.announced = true;
+                            let local = local.unwrap_or(remote);
+                            self.out.emit(Event::Connected { peer: id, direction: Direction::Inbound, local, remote });
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.listeners[i].pending = false;
@@ -400,10 +336,8 @@ impl<C: Codec> Reactor<C> {
                     self.timers.push(Reverse((until, Timer::Accept(i))));
                     return;
                 }
-                Err(e) => {
-                    // ECONNABORTED and similar concern one connection only.
-                    log::debug!("accept: {e}");
-                }
+                // ECONNABORTED and similar concern one connection only.
+                Err(e) => log::debug!("accept: {e}"),
             }
         }
     }
@@ -415,41 +349,43 @@ impl<C: Codec> Reactor<C> {
         direction: Direction,
         addr: SocketAddr,
         state: State,
-    ) -> Result<(), C::Error> {
+    ) -> Result<(), DisconnectReason<C::Error>> {
         let mut codec = self.codec.clone();
         let mut tx = Vec::new();
-        codec.start(direction == Direction::Outbound, &mut tx)?;
-        let has_tx = !tx.is_empty();
-        let conn = Conn {
-            id,
-            stream,
-            codec,
-            state,
-            direction,
-            addr,
-            rx: Vec::new(),
-            rx_frame_len: None,
-            frame_started: None,
-            tx,
-            tx_pos: 0,
-            tx_progress: self.now,
-            stall_armed: false,
-            writable: state == State::Open,
-            in_read_queue: state == State::Open,
-            in_write_queue: has_tx && state == State::Open,
-            reject_pending: false,
-        };
-        self.conns.insert(id.0, conn);
+        codec.start(direction == Direction::Outbound, &mut tx).map_err(DisconnectReason::Codec)?;
+        let proto = self.protocol.open(&Link { direction, remote: addr }, self.now, &mut self.proto_out);
+        let mut conn = Conn::new(id, stream, codec, proto, state, direction, addr, self.now);
+        conn.tx = tx;
+        if let Err(e) = conn.queue_protocol(&mut self.protocol, &mut self.proto_out) {
+            self.protocol.closed(&conn.proto);
+            return Err(e);
+        }
         if state == State::Open {
+            conn.writable = true;
+            conn.in_read_queue = true;
             self.read_queue.push_back(id.0);
-            if has_tx {
+            if conn.queued() > 0 {
+                conn.in_write_queue = true;
                 self.write_queue.push_back(id.0);
             }
         }
+        let has_tx = conn.queued() > 0;
+        self.conns.insert(id.0, conn);
         if has_tx {
             self.arm_stall(id.0);
         }
+        self.schedule_proto(id.0);
         Ok(())
+    }
+
+    /// Makes sure a timer is pending for the protocol layer's next deadline.
+    fn schedule_proto(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(at) = self.protocol.deadline(&conn.proto) else { return };
+        if conn.proto_timer.is_none_or(|t| at < t) {
+            conn.proto_timer = Some(at);
+            self.timers.push(Reverse((at, Timer::Proto(id))));
+        }
     }
 
     fn apply_commands(&mut self) {
@@ -457,22 +393,49 @@ impl<C: Codec> Reactor<C> {
             match self.cmd_rx.try_recv() {
                 Ok(Cmd::Send { peer, message }) => self.send(peer, message),
                 Ok(Cmd::Connect { peer, addr }) => self.connect(peer, addr),
-                Ok(Cmd::Disconnect { peer, mode }) => match mode {
-                    Disconnect::Now => self.close(peer.0, DisconnectReason::Requested),
-                    Disconnect::AfterFlush => {
-                        if let Some(conn) = self.conns.get_mut(&peer.0) {
-                            if conn.queued() == 0 {
-                                self.close(peer.0, DisconnectReason::Flushed);
-                            } else {
-                                conn.state = State::Closing;
-                            }
-                        }
-                    }
-                },
+                Ok(Cmd::Disconnect { peer, mode }) => self.disconnect(peer, mode),
+                Ok(Cmd::Query(query)) => self.answer(query),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     self.shared.shutdown.store(true, Ordering::SeqCst);
                     return;
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, query: Query) {
+        // A dropped reply channel means the asker gave up; nothing to do.
+        match query {
+            Query::Peers(reply) => {
+                let mut peers: Vec<_> = self
+                    .conns
+                    .values()
+                    .filter(|c| c.announced && c.state != State::Connecting)
+                    .map(|c| c.info(&self.protocol))
+                    .collect();
+                peers.sort_by_key(|p| p.peer);
+                let _ = reply.send(peers);
+            }
+            Query::Info(peer, reply) => {
+                let _ = reply.send(self.conns.get(&peer.0).map(|c| c.info(&self.protocol)));
+            }
+            Query::Stats(peer, reply) => {
+                let _ = reply.send(self.conns.get(&peer.0).map(|c| c.stats(&self.protocol)));
+            }
+        }
+    }
+
+    fn disconnect(&mut self, peer: PeerId, mode: Disconnect) {
+        match mode {
+            Disconnect::Now => self.close(peer.0, DisconnectReason::Requested),
+            Disconnect::AfterFlush => {
+                if let Some(conn) = self.conns.get_mut(&peer.0) {
+                    if conn.queued() == 0 && conn.state == State::Open {
+                        self.close(peer.0, DisconnectReason::Flushed);
+                    } else {
+                        conn.closing = true;
+                    }
                 }
             }
         }
@@ -486,19 +449,14 @@ impl<C: Codec> Reactor<C> {
                 return;
             }
         };
-        if let Err(e) =
-            self.poll.registry().register(&mut stream, Token(peer.0 as usize), Interest::READABLE | Interest::WRITABLE)
-        {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(peer.0 as usize), interest) {
             self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(e) });
             return;
         }
         if let Err(e) = self.insert_conn(peer, stream, Direction::Outbound, addr, State::Connecting) {
-            log::debug!("codec refused to start for {addr}: {e}");
-            self.out.emit(Event::ConnectFailed {
-                peer,
-                addr,
-                error: ConnectError::Io(io::Error::other(e.to_string())),
-            });
+            let error = io::Error::other(format!("cannot start connection: {}", DisplayReason(&e)));
+            self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(error) });
             return;
         }
         self.timers.push(Reverse((self.now + self.config.connect_timeout, Timer::Connect(peer.0))));
@@ -510,7 +468,7 @@ impl<C: Codec> Reactor<C> {
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::UnknownPeer });
             return;
         };
-        if conn.state == State::Closing {
+        if conn.closing {
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::Closing });
             return;
         }
@@ -526,10 +484,13 @@ impl<C: Codec> Reactor<C> {
             conn.tx.drain(..conn.tx_pos);
             conn.tx_pos = 0;
         }
+        let before = conn.tx.len();
         if let Err(e) = conn.codec.encode(&message, &mut conn.tx) {
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::Encode(e) });
             return;
         }
+        conn.msgs_out += 1;
+        self.protocol.sent(&mut conn.proto, &message, conn.tx.len() - before);
         if queued == 0 {
             conn.tx_progress = self.now;
             if conn.writable && !conn.in_write_queue {
@@ -555,7 +516,9 @@ impl<C: Codec> Reactor<C> {
                 return;
             }
             let Some(id) = self.read_queue.pop_front() else { return };
-            let result = self.read(id);
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let result = self.read(id, &mut scratch);
+            self.scratch = scratch;
             match result {
                 Ok(true) => self.read_queue.push_back(id),
                 Ok(false) => {
@@ -565,40 +528,45 @@ impl<C: Codec> Reactor<C> {
                 }
                 Err(reason) => self.close(id, reason),
             }
+            self.after_read(id);
         }
     }
 
-    /// Reads and decodes within the budget. `Ok(true)`: more may be waiting.
-    fn read(&mut self, id: u64) -> Result<bool, DisconnectReason<C::Error>> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let result = self.read_with(id, &mut scratch);
-        self.scratch = scratch;
-        result
+    /// Decodes what is buffered in the connection's own receive buffer.
+    fn decode_buffered(&mut self, id: u64) -> Result<(), DisconnectReason<C::Error>> {
+        let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        if conn.rx.is_empty() {
+            return Ok(());
+        }
+        let rx = std::mem::take(&mut conn.rx);
+        let result = decode_all(conn, &mut self.protocol, &mut self.proto_out, &mut self.out, &rx, self.now);
+        conn.rx = rx;
+        conn.rx.drain(..result?);
+        Ok(())
     }
 
-    fn read_with(&mut self, id: u64, scratch: &mut [u8]) -> Result<bool, DisconnectReason<C::Error>> {
-        let Some(conn) = self.conns.get_mut(&id) else { return Ok(false) };
+    /// Reads and decodes within the budget. `Ok(true)`: more may be waiting.
+    fn read(&mut self, id: u64, scratch: &mut [u8]) -> Result<bool, DisconnectReason<C::Error>> {
         let mut budget = self.config.io_budget;
         loop {
             if self.out.paused() {
                 return Ok(true);
             }
             // Complete frames may be buffered from a round cut short by a full
-            // event channel.
-            if !conn.rx.is_empty() {
-                let rx = std::mem::take(&mut conn.rx);
-                let used = decode_all(conn, &mut self.out, &rx)?;
-                conn.rx = rx;
-                conn.rx.drain(..used);
-                if self.out.paused() {
-                    return Ok(true);
-                }
+            // event channel, or appended by the previous read.
+            self.decode_buffered(id)?;
+            if self.out.paused() {
+                return Ok(true);
+            }
+            let Some(conn) = self.conns.get_mut(&id) else { return Ok(false) };
+            if conn.state == State::Connecting {
+                return Ok(false);
             }
             let result = if conn.rx.is_empty() {
                 conn.stream.read(scratch)
             } else {
-                let want =
-                    conn.rx_frame_len.map_or(READ_CHUNK, |f| f.saturating_sub(conn.rx.len()).clamp(1, READ_CHUNK));
+                let missing = conn.rx_frame_len.map_or(READ_CHUNK, |f| f.saturating_sub(conn.rx.len()));
+                let want = missing.clamp(1, READ_CHUNK);
                 let len = conn.rx.len();
                 grow(&mut conn.rx, len + want, conn.rx_frame_len);
                 conn.rx.resize(len + want, 0);
@@ -610,35 +578,38 @@ impl<C: Codec> Reactor<C> {
                 Ok(0) => return Err(DisconnectReason::PeerClosed),
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
+                    conn.bytes_in += n as u64;
+                    conn.last_recv = Some(self.now);
                     if conn.rx.is_empty() {
-                        let used = decode_all(conn, &mut self.out, &scratch[..n])?;
+                        let used = decode_all(
+                            conn,
+                            &mut self.protocol,
+                            &mut self.proto_out,
+                            &mut self.out,
+                            &scratch[..n],
+                            self.now,
+                        )?;
                         conn.rx.extend_from_slice(&scratch[used..n]);
                     }
                     // Otherwise the bytes were appended to `rx` and are
                     // decoded at the top of the loop.
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !conn.rx.is_empty() {
-                        let rx = std::mem::take(&mut conn.rx);
-                        let used = decode_all(conn, &mut self.out, &rx)?;
-                        conn.rx = rx;
-                        conn.rx.drain(..used);
-                    }
-                    self.after_read(id);
+                    self.decode_buffered(id)?;
                     return Ok(self.out.paused());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(DisconnectReason::Io(e)),
             }
             if budget == 0 {
-                self.after_read(id);
+                self.decode_buffered(id)?;
                 return Ok(true);
             }
         }
     }
 
-    /// Housekeeping after decoding: frame timer, buffer release, and writing
-    /// whatever the codec queued.
+    /// Housekeeping after reading: frame timer, buffer release, protocol
+    /// timer, and writing whatever the codec or protocol queued.
     fn after_read(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.rx.is_empty() {
@@ -651,10 +622,15 @@ impl<C: Codec> Reactor<C> {
             conn.frame_started = Some(self.now);
             self.timers.push(Reverse((self.now + self.config.frame_timeout, Timer::Frame(id))));
         }
-        if conn.queued() > 0 && conn.writable && !conn.in_write_queue {
+        let queued = conn.queued();
+        if queued > 0 && conn.writable && !conn.in_write_queue {
             conn.in_write_queue = true;
             self.write_queue.push_back(id);
         }
+        if queued > 0 {
+            self.arm_stall(id);
+        }
+        self.schedule_proto(id);
     }
 
     fn serve_writes(&mut self) {
@@ -682,6 +658,8 @@ impl<C: Codec> Reactor<C> {
                 Ok(n) => {
                     conn.tx_pos += n;
                     conn.tx_progress = self.now;
+                    conn.bytes_out += n as u64;
+                    conn.last_send = Some(self.now);
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
                         again = conn.queued() > 0;
@@ -703,7 +681,7 @@ impl<C: Codec> Reactor<C> {
             if conn.tx.capacity() > KEEP_BUFFER {
                 conn.tx = Vec::new();
             }
-            if conn.state == State::Closing {
+            if conn.closing {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 self.close(id, DisconnectReason::Flushed);
                 return Ok(false);
@@ -730,10 +708,9 @@ impl<C: Codec> Reactor<C> {
                 }
                 Timer::Connect(id) => {
                     if self.conns.get(&id).is_some_and(|c| c.state == State::Connecting) {
-                        let mut conn = self.conns.remove(&id).expect("checked above");
-                        let _ = self.poll.registry().deregister(&mut conn.stream);
-                        let error = ConnectError::Timeout(self.config.connect_timeout);
-                        self.out.emit(Event::ConnectFailed { peer: conn.id, addr: conn.addr, error });
+                        let timeout = self.config.connect_timeout;
+                        let io = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+                        self.close_connecting(id, ConnectError::Timeout(timeout), io);
                     }
                 }
                 Timer::Stall(id) => {
@@ -760,22 +737,50 @@ impl<C: Codec> Reactor<C> {
                         None => {}
                     }
                 }
+                Timer::Proto(id) => {
+                    let Some(conn) = self.conns.get_mut(&id) else { continue };
+                    if conn.proto_timer != Some(at) {
+                        continue; // superseded by an earlier deadline
+                    }
+                    conn.proto_timer = None;
+                    let result = self.protocol.tick(&mut conn.proto, self.now, &mut self.proto_out);
+                    let result = result
+                        .map_err(DisconnectReason::Session)
+                        .and_then(|()| conn.queue_protocol(&mut self.protocol, &mut self.proto_out));
+                    match result {
+                        Ok(()) => self.after_read(id),
+                        Err(reason) => {
+                            self.proto_out.clear();
+                            self.close(id, reason);
+                        }
+                    }
+                }
             }
         }
     }
 
-    fn close(&mut self, id: u64, reason: DisconnectReason<C::Error>) {
+    fn close_connecting(&mut self, id: u64, error: ConnectError, _io: io::Error) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        log::debug!("peer {} ({} {}) disconnected: {}", conn.id, conn.direction, conn.addr, DisplayReason(&reason));
-        if conn.state == State::Connecting {
+        self.protocol.closed(&conn.proto);
+        self.out.emit(Event::ConnectFailed { peer: conn.id, addr: conn.addr, error });
+    }
+
+    /// Removes a connection and reports it: `ConnectFailed` if it never
+    /// connected, else `Disconnected`.
+    fn close(&mut self, id: u64, reason: DisconnectReason<C::Error>) {
+        if self.conns.get(&id).is_some_and(|c| c.state == State::Connecting) {
             let error = match reason {
                 DisconnectReason::Io(e) => ConnectError::Io(e),
-                _ => ConnectError::Io(io::Error::other("connection attempt cancelled")),
+                _ => ConnectError::Cancelled,
             };
-            self.out.emit(Event::ConnectFailed { peer: conn.id, addr: conn.addr, error });
+            self.close_connecting(id, error, io::ErrorKind::Other.into());
             return;
         }
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.protocol.closed(&conn.proto);
+        log::debug!("peer {} ({} {}) disconnected: {}", conn.id, conn.direction, conn.addr, DisplayReason(&reason));
         self.out.emit(Event::Disconnected { peer: conn.id, reason });
     }
 }
@@ -788,8 +793,8 @@ impl<E: std::fmt::Display> std::fmt::Display for DisplayReason<'_, E> {
 }
 
 /// Grows `rx` to hold `needed` bytes: doubling, but never past the validated
-/// frame length, so a frame's claimed size is never allocated ahead of the
-/// bytes that actually arrived by more than the bytes already received.
+/// frame length, so capacity never runs ahead of the bytes that actually
+/// arrived by more than the bytes already received.
 fn grow(rx: &mut Vec<u8>, needed: usize, frame_len: Option<usize>) {
     if rx.capacity() >= needed {
         return;
@@ -797,33 +802,4 @@ fn grow(rx: &mut Vec<u8>, needed: usize, frame_len: Option<usize>) {
     let target = (rx.capacity() * 2).max(needed);
     let target = frame_len.map_or(target, |f| target.min(f.max(needed)));
     rx.reserve_exact(target - rx.len());
-}
-
-/// Decodes every complete frame in `buf` (stopping early if the event
-/// channel fills) and returns the bytes used.
-fn decode_all<C: Codec>(
-    conn: &mut Conn<C>,
-    out: &mut Outbox<C::Message, C::Error>,
-    buf: &[u8],
-) -> Result<usize, DisconnectReason<C::Error>> {
-    let mut used = 0;
-    while !out.paused() {
-        match conn.codec.decode(&buf[used..], &mut conn.tx) {
-            Ok(Decoded::NeedMore { frame_len }) => {
-                conn.rx_frame_len = frame_len;
-                break;
-            }
-            Ok(Decoded::Message { message, consumed }) => {
-                used += consumed;
-                conn.rx_frame_len = None;
-                out.emit(Event::Message { peer: conn.id, message, wire_size: consumed });
-            }
-            Ok(Decoded::Consumed(consumed)) => used += consumed.max(1).min(buf.len() - used),
-            Err(e) => return Err(DisconnectReason::Codec(e)),
-        }
-        if used == buf.len() {
-            break;
-        }
-    }
-    Ok(used)
 }

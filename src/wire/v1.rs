@@ -179,4 +179,8 @@ impl Codec for V1Codec {
     fn max_frame_len(&self) -> usize {
         HEADER_LEN + self.max_len as usize
     }
+
+    fn transport(&self) -> crate::codec::Transport {
+        crate::codec::Transport::V1
+    }
 }

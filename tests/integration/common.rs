@@ -16,8 +16,15 @@ pub fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-pub fn listener_config() -> Config {
+/// Raw mode: these tests drive the protocol by hand.
+pub fn raw_config() -> Config {
     let mut config = Config::new(NET);
+    config.mode = peerlink::Mode::Raw;
+    config
+}
+
+pub fn listener_config() -> Config {
+    let mut config = raw_config();
     config.listen.push(localhost());
     config
 }
@@ -33,7 +40,7 @@ pub fn listener_with(config: Config) -> (Handle, SocketAddr) {
 }
 
 pub fn client() -> Handle {
-    peerlink::start(Config::new(NET)).expect("start client")
+    peerlink::start(raw_config()).expect("start client")
 }
 
 /// Receives events until `pick` returns `Some`, failing after [`WAIT`].

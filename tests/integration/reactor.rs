@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::TcpStream;
 
 use bitcoin::p2p::message::NetworkMessage;
-use peerlink::{Config, ConnectError, Direction, Disconnect, DisconnectReason, Event, SendError};
+use peerlink::{ConnectError, Direction, Disconnect, DisconnectReason, Event, SendError};
 
 use crate::common::*;
 
@@ -363,7 +363,7 @@ fn full_event_channel_pauses_reading_and_loses_nothing() {
 
 #[test]
 fn local_addrs_match_listen_order() {
-    let mut config = Config::new(NET);
+    let mut config = raw_config();
     config.listen.push(localhost());
     config.listen.push("[::1]:0".parse().unwrap());
     let Ok(handle) = peerlink::start(config) else {

@@ -1,0 +1,250 @@
+//! The per-connection protocol layer between codec and user: a passthrough
+//! for generic codecs, and the Bitcoin session (or raw mode with statistics)
+//! for the built-in codec. Crate-private: the reactor is generic over it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bitcoin::p2p::message::NetworkMessage;
+
+use crate::event::Direction;
+use crate::handle::Shared;
+use crate::peer::{CommandStats, PeerInfo, PeerStats};
+use crate::session::{Context, Delivery, Mode, Session, SessionConfig, SessionError};
+
+/// What the reactor tells the protocol about a new connection.
+pub(crate) struct Link {
+    pub(crate) direction: Direction,
+    pub(crate) remote: SocketAddr,
+}
+
+pub(crate) trait Protocol: Send + 'static {
+    type Message: Send + 'static;
+    type Conn: Send + 'static;
+
+    /// Whether peers are announced with `Connected` (else with `Ready`).
+    fn announce_on_connect(&self) -> bool;
+    fn open(&mut self, link: &Link, now: Instant, out: &mut Vec<Self::Message>) -> Self::Conn;
+    /// `Ok(Some(m))`: deliver `m` to the user.
+    fn received(
+        &mut self,
+        conn: &mut Self::Conn,
+        message: Self::Message,
+        wire_size: usize,
+        now: Instant,
+        out: &mut Vec<Self::Message>,
+    ) -> Result<Option<Self::Message>, SessionError>;
+    /// True once, when the peer became ready.
+    fn take_ready(&mut self, conn: &mut Self::Conn) -> bool;
+    fn sent(&mut self, conn: &mut Self::Conn, message: &Self::Message, wire_size: usize);
+    fn tick(&mut self, conn: &mut Self::Conn, now: Instant, out: &mut Vec<Self::Message>) -> Result<(), SessionError>;
+    fn deadline(&self, conn: &Self::Conn) -> Option<Instant>;
+    fn closed(&mut self, conn: &Self::Conn);
+    fn info(&self, conn: &Self::Conn, info: &mut PeerInfo);
+    fn stats(&self, conn: &Self::Conn, stats: &mut PeerStats);
+}
+
+/// No state: every message goes to the user.
+pub(crate) struct Passthrough<M>(std::marker::PhantomData<fn() -> M>);
+
+impl<M> Passthrough<M> {
+    pub(crate) fn new() -> Self {
+        Passthrough(std::marker::PhantomData)
+    }
+}
+
+impl<M: Send + 'static> Protocol for Passthrough<M> {
+    type Message = M;
+    type Conn = ();
+
+    fn announce_on_connect(&self) -> bool {
+        true
+    }
+    fn open(&mut self, _: &Link, _: Instant, _: &mut Vec<M>) {}
+    fn received(&mut self, _: &mut (), m: M, _: usize, _: Instant, _: &mut Vec<M>) -> Result<Option<M>, SessionError> {
+        Ok(Some(m))
+    }
+    fn take_ready(&mut self, _: &mut ()) -> bool {
+        false
+    }
+    fn sent(&mut self, _: &mut (), _: &M, _: usize) {}
+    fn tick(&mut self, _: &mut (), _: Instant, _: &mut Vec<M>) -> Result<(), SessionError> {
+        Ok(())
+    }
+    fn deadline(&self, _: &()) -> Option<Instant> {
+        None
+    }
+    fn closed(&mut self, _: &()) {}
+    fn info(&self, _: &(), _: &mut PeerInfo) {}
+    fn stats(&self, _: &(), _: &mut PeerStats) {}
+}
+
+/// Bitcoin: the session state machine (session mode) or passive observation
+/// (raw mode), plus per-command statistics in both.
+pub(crate) struct Bitcoin {
+    mode: Mode,
+    config: SessionConfig,
+    shared: Arc<Shared>,
+    /// Nonces of our outbound `version` messages, for self-connection checks.
+    local_nonces: HashSet<u64>,
+    rng: u64,
+}
+
+pub(crate) struct BitcoinConn {
+    session: Session,
+    commands: Vec<CommandStats>,
+    /// Raw mode: the peer's version, observed passively.
+    raw_version: Option<crate::session::PeerVersion>,
+}
+
+impl Bitcoin {
+    pub(crate) fn new(mode: Mode, config: SessionConfig, shared: Arc<Shared>, seed: u64) -> Self {
+        Bitcoin { mode, config, shared, local_nonces: HashSet::new(), rng: seed }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn unix_time() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn count(stats: &mut Vec<CommandStats>, message: &NetworkMessage, wire_size: usize, inbound: bool) {
+    let command = message.command();
+    let name = command.as_ref();
+    let entry = match stats.iter().position(|c| c.command == name) {
+        Some(i) => &mut stats[i],
+        None => {
+            // Bounded by the number of distinct commands a peer can send in
+            // its lifetime; unknown commands are pooled to keep it so.
+            let pooled = matches!(message, NetworkMessage::Unknown { .. });
+            let key = if pooled { "(unknown)" } else { name };
+            match stats.iter().position(|c| c.command == key) {
+                Some(i) => &mut stats[i],
+                None => {
+                    stats.push(CommandStats { command: key.to_owned(), ..CommandStats::default() });
+                    stats.last_mut().expect("just pushed")
+                }
+            }
+        }
+    };
+    if inbound {
+        entry.msgs_in += 1;
+        entry.bytes_in += wire_size as u64;
+    } else {
+        entry.msgs_out += 1;
+        entry.bytes_out += wire_size as u64;
+    }
+}
+
+impl Protocol for Bitcoin {
+    type Message = NetworkMessage;
+    type Conn = BitcoinConn;
+
+    fn announce_on_connect(&self) -> bool {
+        self.mode == Mode::Raw
+    }
+
+    fn open(&mut self, link: &Link, now: Instant, out: &mut Vec<NetworkMessage>) -> BitcoinConn {
+        let nonce = self.random();
+        let mut session = Session::new(link.direction, link.remote, nonce, now, &self.config);
+        if self.mode == Mode::Session {
+            if link.direction == Direction::Outbound {
+                self.local_nonces.insert(nonce);
+            }
+            let height = self.shared.start_height.load(Ordering::Relaxed);
+            session.start(&self.config, height, unix_time(), out);
+        }
+        BitcoinConn { session, commands: Vec::new(), raw_version: None }
+    }
+
+    fn received(
+        &mut self,
+        conn: &mut BitcoinConn,
+        message: NetworkMessage,
+        wire_size: usize,
+        now: Instant,
+        out: &mut Vec<NetworkMessage>,
+    ) -> Result<Option<NetworkMessage>, SessionError> {
+        count(&mut conn.commands, &message, wire_size, true);
+        if self.mode == Mode::Raw {
+            if let NetworkMessage::Version(v) = &message {
+                conn.raw_version = Some(crate::session::PeerVersion {
+                    version: v.version,
+                    services: v.services,
+                    user_agent: v.user_agent.clone(),
+                    start_height: v.start_height,
+                    relay: v.relay,
+                    nonce: v.nonce,
+                });
+            }
+            return Ok(Some(message));
+        }
+        let nonces = &self.local_nonces;
+        let is_local = |n: u64| nonces.contains(&n);
+        let ctx = Context {
+            config: &self.config,
+            start_height: self.shared.start_height.load(Ordering::Relaxed),
+            unix_time: unix_time(),
+            is_local_nonce: &is_local,
+        };
+        match conn.session.on_message(message, now, &ctx, out)? {
+            Delivery::Deliver(m) => Ok(Some(m)),
+            Delivery::Consumed => Ok(None),
+        }
+    }
+
+    fn take_ready(&mut self, conn: &mut BitcoinConn) -> bool {
+        self.mode == Mode::Session && conn.session.take_ready()
+    }
+
+    fn sent(&mut self, conn: &mut BitcoinConn, message: &NetworkMessage, wire_size: usize) {
+        count(&mut conn.commands, message, wire_size, false);
+    }
+
+    fn tick(
+        &mut self,
+        conn: &mut BitcoinConn,
+        now: Instant,
+        out: &mut Vec<NetworkMessage>,
+    ) -> Result<(), SessionError> {
+        if self.mode == Mode::Raw {
+            return Ok(());
+        }
+        conn.session.tick(now, &self.config, out)
+    }
+
+    fn deadline(&self, conn: &BitcoinConn) -> Option<Instant> {
+        (self.mode == Mode::Session).then(|| conn.session.next_deadline(&self.config))
+    }
+
+    fn closed(&mut self, conn: &BitcoinConn) {
+        self.local_nonces.remove(&conn.session.local_nonce());
+    }
+
+    fn info(&self, conn: &BitcoinConn, info: &mut PeerInfo) {
+        info.version = match self.mode {
+            Mode::Session => conn.session.peer_version().cloned(),
+            Mode::Raw => conn.raw_version.clone(),
+        };
+        info.features = conn.session.features();
+        info.ready = conn.session.is_ready();
+    }
+
+    fn stats(&self, conn: &BitcoinConn, stats: &mut PeerStats) {
+        let mut commands = conn.commands.clone();
+        commands.sort_by(|a, b| a.command.cmp(&b.command));
+        stats.per_command = commands;
+        stats.last_ping = conn.session.last_ping();
+        stats.min_ping = conn.session.min_ping();
+    }
+}

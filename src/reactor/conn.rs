@@ -1,0 +1,251 @@
+//! One connection's buffers and counters, and the event outbox.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crossbeam_channel::{Sender, TrySendError};
+use mio::net::TcpStream;
+
+use crate::codec::{Codec, Decoded};
+use crate::event::{Direction, DisconnectReason, Event, PeerId};
+use crate::handle::Shared;
+use crate::peer::{PeerInfo, PeerStats};
+use crate::protocol::Protocol;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    Connecting,
+    Open,
+}
+
+pub(super) struct Conn<C, P> {
+    pub(super) id: PeerId,
+    pub(super) stream: TcpStream,
+    pub(super) codec: C,
+    pub(super) proto: P,
+    pub(super) state: State,
+    /// Disconnect requested after flush: no new messages, close when empty.
+    pub(super) closing: bool,
+    pub(super) direction: Direction,
+    pub(super) addr: SocketAddr,
+    pub(super) local: Option<SocketAddr>,
+    /// The user has been told about this peer (`Connected` or `Ready`).
+    pub(super) announced: bool,
+    /// Deadline of the protocol timer currently in the heap.
+    pub(super) proto_timer: Option<Instant>,
+    /// Bytes of an incomplete frame.
+    pub(super) rx: Vec<u8>,
+    /// Length of the incomplete frame, once the codec knows it.
+    pub(super) rx_frame_len: Option<usize>,
+    pub(super) frame_started: Option<Instant>,
+    pub(super) tx: Vec<u8>,
+    pub(super) tx_pos: usize,
+    pub(super) tx_progress: Instant,
+    pub(super) stall_armed: bool,
+    pub(super) writable: bool,
+    pub(super) in_read_queue: bool,
+    pub(super) in_write_queue: bool,
+    /// A message was refused; report `Writable` once the queue drains.
+    pub(super) reject_pending: bool,
+    pub(super) connected_at: Instant,
+    pub(super) last_send: Option<Instant>,
+    pub(super) last_recv: Option<Instant>,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) msgs_in: u64,
+    pub(super) msgs_out: u64,
+}
+
+impl<C: Codec, P> Conn<C, P> {
+    pub(super) fn new(
+        id: PeerId,
+        stream: TcpStream,
+        codec: C,
+        proto: P,
+        state: State,
+        direction: Direction,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> Self {
+        Conn {
+            id,
+            stream,
+            codec,
+            proto,
+            state,
+            closing: false,
+            direction,
+            addr,
+            local: None,
+            announced: false,
+            proto_timer: None,
+            rx: Vec::new(),
+            rx_frame_len: None,
+            frame_started: None,
+            tx: Vec::new(),
+            tx_pos: 0,
+            tx_progress: now,
+            stall_armed: false,
+            writable: false,
+            in_read_queue: false,
+            in_write_queue: false,
+            reject_pending: false,
+            connected_at: now,
+            last_send: None,
+            last_recv: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            msgs_in: 0,
+            msgs_out: 0,
+        }
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.tx.len() - self.tx_pos
+    }
+
+    /// Encodes messages the protocol layer produced. They bypass the send
+    /// cap: they are few and small (handshake, pong, ping).
+    pub(super) fn queue_protocol<Pr: Protocol<Message = C::Message, Conn = P>>(
+        &mut self,
+        protocol: &mut Pr,
+        messages: &mut Vec<C::Message>,
+    ) -> Result<(), DisconnectReason<C::Error>> {
+        for message in messages.drain(..) {
+            let before = self.tx.len();
+            self.codec.encode(&message, &mut self.tx).map_err(DisconnectReason::Codec)?;
+            self.msgs_out += 1;
+            protocol.sent(&mut self.proto, &message, self.tx.len() - before);
+        }
+        Ok(())
+    }
+
+    pub(super) fn info<Pr: Protocol<Message = C::Message, Conn = P>>(&self, protocol: &Pr) -> PeerInfo {
+        let mut info = PeerInfo {
+            peer: self.id,
+            addr: self.addr,
+            local_addr: self.local,
+            direction: self.direction,
+            transport: self.codec.transport(),
+            version: None,
+            features: Default::default(),
+            ready: false,
+        };
+        protocol.info(&self.proto, &mut info);
+        info
+    }
+
+    pub(super) fn stats<Pr: Protocol<Message = C::Message, Conn = P>>(&self, protocol: &Pr) -> PeerStats {
+        let mut stats = PeerStats {
+            peer: self.id,
+            connected_at: self.connected_at,
+            last_send: self.last_send,
+            last_recv: self.last_recv,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            msgs_in: self.msgs_in,
+            msgs_out: self.msgs_out,
+            per_command: Vec::new(),
+            last_ping: None,
+            min_ping: None,
+            send_queue: self.queued(),
+        };
+        protocol.stats(&self.proto, &mut stats);
+        stats
+    }
+}
+
+/// The event side: a bounded channel, plus an overflow queue that is only
+/// used while the channel is full. While anything is in the overflow queue
+/// no socket is read and no connection accepted, so it holds at most one
+/// decoded message plus events caused by user commands and timers.
+pub(super) struct Outbox<M, E> {
+    pub(super) tx: Sender<Event<M, E>>,
+    pub(super) overflow: VecDeque<Event<M, E>>,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl<M, E> Outbox<M, E> {
+    pub(super) fn paused(&self) -> bool {
+        !self.overflow.is_empty()
+    }
+
+    pub(super) fn emit(&mut self, event: Event<M, E>) {
+        if !self.overflow.is_empty() {
+            self.overflow.push_back(event);
+            return;
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                self.overflow.push_back(event);
+                self.shared.events_blocked.store(true, Ordering::SeqCst);
+                // The consumer may have made room before it could see the flag.
+                self.flush();
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Moves overflow into the channel while there is room.
+    pub(super) fn flush(&mut self) {
+        while let Some(event) = self.overflow.pop_front() {
+            match self.tx.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.overflow.push_front(event);
+                    self.shared.events_blocked.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.overflow.clear();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Decodes every complete frame in `buf` (stopping early if the event
+/// channel fills), runs each message through the protocol layer, and returns
+/// the bytes used.
+pub(super) fn decode_all<C: Codec, Pr: Protocol<Message = C::Message>>(
+    conn: &mut Conn<C, Pr::Conn>,
+    protocol: &mut Pr,
+    scratch_out: &mut Vec<C::Message>,
+    out: &mut Outbox<C::Message, C::Error>,
+    buf: &[u8],
+    now: Instant,
+) -> Result<usize, DisconnectReason<C::Error>> {
+    let mut used = 0;
+    while !out.paused() && used < buf.len() {
+        match conn.codec.decode(&buf[used..], &mut conn.tx) {
+            Ok(Decoded::NeedMore { frame_len }) => {
+                conn.rx_frame_len = frame_len;
+                break;
+            }
+            Ok(Decoded::Message { message, consumed }) => {
+                used += consumed;
+                conn.rx_frame_len = None;
+                conn.msgs_in += 1;
+                let delivered = protocol
+                    .received(&mut conn.proto, message, consumed, now, scratch_out)
+                    .map_err(DisconnectReason::Session)?;
+                conn.queue_protocol(protocol, scratch_out)?;
+                if protocol.take_ready(&mut conn.proto) {
+                    conn.announced = true;
+                    out.emit(Event::Ready { peer: conn.id, info: Box::new(conn.info(protocol)) });
+                }
+                if let Some(message) = delivered {
+                    out.emit(Event::Message { peer: conn.id, message, wire_size: consumed });
+                }
+            }
+            Ok(Decoded::Consumed(consumed)) => used += consumed.clamp(1, buf.len() - used),
+            Err(e) => return Err(DisconnectReason::Codec(e)),
+        }
+    }
+    Ok(used)
+}

@@ -1,0 +1,539 @@
+//! The Bitcoin session state machine (sans-IO).
+//!
+//! A [`Session`] runs one peer's handshake and keepalive. It never touches a
+//! socket or a clock: the reactor passes `now` and the messages that arrived,
+//! and sends what the session appends to its output. Every timeout can
+//! therefore be tested with a simulated clock.
+//!
+//! Handshake (both directions, following Bitcoin Core's net_processing):
+//! 1. The outbound side sends `version` at once; the inbound side answers the
+//!    peer's `version` with its own.
+//! 2. On the peer's `version`: check the protocol version, the required
+//!    services and our own nonce (self-connection), then send `wtxidrelay`
+//!    (BIP339, if the peer speaks 70016+), `sendaddrv2` (BIP155) and
+//!    `verack`.
+//! 3. On the peer's `verack` the peer is ready; `sendheaders` (BIP130)
+//!    follows if configured.
+//!
+//! Keepalive: pings are answered at once; a ping is sent every
+//! [`SessionConfig::ping_interval`] and the peer is dropped if its pong takes
+//! longer than [`SessionConfig::ping_timeout`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_network::VersionMessage;
+use bitcoin::p2p::{Address, ServiceFlags};
+
+use crate::event::Direction;
+
+/// Protocol version we announce: 70016 (BIP339 `wtxidrelay`).
+pub const PROTOCOL_VERSION: u32 = 70016;
+
+/// First protocol version that negotiates `wtxidrelay` (Core's
+/// `WTXID_RELAY_VERSION`).
+pub const WTXID_RELAY_VERSION: u32 = 70016;
+
+/// Bitcoin Core's `MIN_PEER_PROTO_VERSION` (src/net_processing.h).
+pub const MIN_PEER_PROTO_VERSION: u32 = 31800;
+
+/// Bitcoin Core's `MAX_SUBVERSION_LENGTH` (src/net_processing.h), in bytes.
+pub const MAX_SUBVERSION_LENGTH: usize = 256;
+
+/// Time allowed for the handshake: Core's `-peertimeout` default, 60 s.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Core's `PING_INTERVAL` (src/net_processing.cpp): 2 minutes.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2 * 60);
+
+/// Core's `TIMEOUT_INTERVAL` (src/net.h): 20 minutes without a pong.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// How the library treats the Bitcoin protocol on each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The library runs version/verack, feature negotiation and ping/pong.
+    /// Users see [`Event::Ready`](crate::Event::Ready) and only the messages
+    /// the session does not handle itself.
+    Session,
+    /// No state machine: every message is delivered and nothing is sent for
+    /// the user. [`Event::Connected`](crate::Event::Connected) announces peers.
+    Raw,
+}
+
+/// Session options. Defaults follow Bitcoin Core.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// Protocol version we announce. Default 70016.
+    pub protocol_version: u32,
+    /// Services we announce. Default none.
+    pub services: ServiceFlags,
+    /// Application name for the BIP14 user agent (`/peerlink:V/NAME:VERSION/`).
+    pub user_agent_name: Option<String>,
+    /// Application version for the user agent.
+    pub user_agent_version: Option<String>,
+    /// Our `relay` flag (BIP37): whether the peer should announce transactions.
+    /// Default true.
+    pub relay: bool,
+    /// Send `sendheaders` after `verack`. Default false.
+    pub send_headers: bool,
+    /// Disconnect peers announcing an older protocol version. Default 31800.
+    pub min_peer_version: u32,
+    /// Disconnect peers that do not announce all of these services.
+    /// Default none (a light client sets `COMPACT_FILTERS`, for example).
+    pub required_services: ServiceFlags,
+    /// Handshake deadline. Default 60 s.
+    pub handshake_timeout: Duration,
+    /// Interval between our pings. Default 2 min.
+    pub ping_interval: Duration,
+    /// Disconnect when a pong takes longer than this. Default 20 min.
+    pub ping_timeout: Duration,
+    /// Also deliver the messages the session handles (version, verack,
+    /// ping, pong, wtxidrelay, sendaddrv2, sendheaders). Default false.
+    pub forward_session_messages: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            protocol_version: PROTOCOL_VERSION,
+            services: ServiceFlags::NONE,
+            user_agent_name: None,
+            user_agent_version: None,
+            relay: true,
+            send_headers: false,
+            min_peer_version: MIN_PEER_PROTO_VERSION,
+            required_services: ServiceFlags::NONE,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            ping_interval: PING_INTERVAL,
+            ping_timeout: PING_TIMEOUT,
+            forward_session_messages: false,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The BIP14 user agent: `/peerlink:VERSION/` followed by
+    /// `NAME:VERSION/` when an application name is set, truncated to
+    /// [`MAX_SUBVERSION_LENGTH`] bytes.
+    pub fn user_agent(&self) -> String {
+        let mut ua = format!("/peerlink:{}/", env!("CARGO_PKG_VERSION"));
+        if let Some(name) = &self.user_agent_name {
+            let clean = |s: &str| s.chars().filter(|c| !matches!(c, '/' | ':' | '(' | ')')).collect::<String>();
+            ua.push_str(&clean(name));
+            if let Some(v) = &self.user_agent_version {
+                ua.push(':');
+                ua.push_str(&clean(v));
+            }
+            ua.push('/');
+        }
+        if ua.len() > MAX_SUBVERSION_LENGTH {
+            let mut end = MAX_SUBVERSION_LENGTH;
+            while !ua.is_char_boundary(end) {
+                end -= 1;
+            }
+            ua.truncate(end);
+        }
+        ua
+    }
+}
+
+/// Why a session ended a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// A message other than `version` arrived first.
+    MessageBeforeVersion {
+        /// Its command.
+        command: String,
+    },
+    /// A second `version`.
+    DuplicateVersion,
+    /// `wtxidrelay` or `sendaddrv2` after `verack` (BIP339, BIP155).
+    FeatureAfterVerack {
+        /// Its command.
+        command: String,
+    },
+    /// The peer's protocol version is below the minimum.
+    ObsoleteVersion {
+        /// Version announced by the peer.
+        version: u32,
+        /// Configured minimum.
+        min: u32,
+    },
+    /// The peer lacks required services.
+    MissingServices {
+        /// Required by configuration.
+        required: ServiceFlags,
+        /// Announced by the peer.
+        announced: ServiceFlags,
+    },
+    /// The peer's `version` carried our own nonce: we connected to ourselves.
+    SelfConnection,
+    /// No `version` and `verack` within the handshake timeout.
+    HandshakeTimeout(Duration),
+    /// No `pong` within the ping timeout.
+    PingTimeout(Duration),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::MessageBeforeVersion { command } => write!(f, "{command} received before version"),
+            SessionError::DuplicateVersion => f.write_str("second version message"),
+            SessionError::FeatureAfterVerack { command } => write!(f, "{command} received after verack"),
+            SessionError::ObsoleteVersion { version, min } => {
+                write!(f, "peer protocol version {version} is below the minimum {min}")
+            }
+            SessionError::MissingServices { required, announced } => {
+                write!(f, "peer lacks required services {required} (announced {announced})")
+            }
+            SessionError::SelfConnection => f.write_str("connected to ourselves (version nonce is ours)"),
+            SessionError::HandshakeTimeout(d) => write!(f, "handshake not complete after {} s", d.as_secs_f64()),
+            SessionError::PingTimeout(d) => write!(f, "no pong within {} s", d.as_secs_f64()),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// Features negotiated during the handshake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Both sides sent `wtxidrelay` (BIP339): announce transactions by wtxid.
+    pub wtxid_relay: bool,
+    /// The peer sent `sendaddrv2` (BIP155): it accepts `addrv2`.
+    pub addr_v2: bool,
+    /// The peer sent `sendheaders` (BIP130): announce blocks with `headers`.
+    /// It usually arrives just after `verack`, so it may become true after
+    /// the peer is announced.
+    pub send_headers: bool,
+}
+
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = Vec::new();
+        if self.wtxid_relay {
+            names.push("wtxidrelay");
+        }
+        if self.addr_v2 {
+            names.push("addrv2");
+        }
+        if self.send_headers {
+            names.push("sendheaders");
+        }
+        if names.is_empty() { f.write_str("none") } else { f.write_str(&names.join(",")) }
+    }
+}
+
+/// What the peer said about itself in its `version` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerVersion {
+    /// Protocol version.
+    pub version: u32,
+    /// Announced services.
+    pub services: ServiceFlags,
+    /// BIP14 user agent.
+    pub user_agent: String,
+    /// Height of its best chain when it connected.
+    pub start_height: i32,
+    /// Whether it wants transaction announcements (BIP37).
+    pub relay: bool,
+    /// The nonce of its `version`.
+    pub nonce: u64,
+}
+
+/// Handshake progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    AwaitVersion,
+    AwaitVerack,
+    Ready,
+}
+
+/// One peer's session state machine.
+#[derive(Debug)]
+pub struct Session {
+    direction: Direction,
+    remote: SocketAddr,
+    local_nonce: u64,
+    rng: u64,
+    stage: Stage,
+    peer: Option<PeerVersion>,
+    features: Features,
+    sent_wtxidrelay: bool,
+    handshake_deadline: Instant,
+    ping: Option<(u64, Instant)>,
+    next_ping: Instant,
+    last_rtt: Option<Duration>,
+    min_rtt: Option<Duration>,
+    announced: bool,
+}
+
+/// What the session did with an incoming message.
+#[derive(Debug, PartialEq)]
+pub enum Delivery {
+    /// Hand this message to the user.
+    Deliver(NetworkMessage),
+    /// The session handled it.
+    Consumed,
+}
+
+impl Session {
+    /// A session for a new connection. `nonce` goes into our `version` and
+    /// seeds the ping nonces; the caller draws it from a random source.
+    pub fn new(direction: Direction, remote: SocketAddr, nonce: u64, now: Instant, config: &SessionConfig) -> Self {
+        Session {
+            direction,
+            remote,
+            local_nonce: nonce,
+            rng: nonce ^ 0x9E37_79B9_7F4A_7C15,
+            stage: Stage::AwaitVersion,
+            peer: None,
+            features: Features::default(),
+            sent_wtxidrelay: false,
+            handshake_deadline: now + config.handshake_timeout,
+            ping: None,
+            next_ping: now,
+            last_rtt: None,
+            min_rtt: None,
+            announced: false,
+        }
+    }
+
+    /// The nonce in our `version` message.
+    pub fn local_nonce(&self) -> u64 {
+        self.local_nonce
+    }
+
+    /// Whether the handshake is complete.
+    pub fn is_ready(&self) -> bool {
+        self.stage == Stage::Ready
+    }
+
+    /// The peer's `version` details, once received.
+    pub fn peer_version(&self) -> Option<&PeerVersion> {
+        self.peer.as_ref()
+    }
+
+    /// Negotiated features so far.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Round-trip time of the last answered ping.
+    pub fn last_ping(&self) -> Option<Duration> {
+        self.last_rtt
+    }
+
+    /// Smallest round-trip time seen.
+    pub fn min_ping(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    /// Returns true once, the first time it is called after the handshake
+    /// completed: the caller announces the peer then.
+    pub fn take_ready(&mut self) -> bool {
+        if self.stage == Stage::Ready && !self.announced {
+            self.announced = true;
+            return true;
+        }
+        false
+    }
+
+    fn next_nonce(&mut self) -> u64 {
+        // splitmix64: ping nonces only need to be unpredictable enough to
+        // match answers; the seed comes from the caller's random source.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn version_message(&self, config: &SessionConfig, start_height: i32, unix_time: i64) -> NetworkMessage {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        NetworkMessage::Version(VersionMessage {
+            version: config.protocol_version,
+            services: config.services,
+            timestamp: unix_time,
+            receiver: Address::new(&self.remote, ServiceFlags::NONE),
+            sender: Address::new(&unspecified, config.services),
+            nonce: self.local_nonce,
+            user_agent: config.user_agent(),
+            start_height,
+            relay: config.relay,
+        })
+    }
+
+    /// Call once when the connection opens: the outbound side sends `version`.
+    pub fn start(&mut self, config: &SessionConfig, start_height: i32, unix_time: i64, out: &mut Vec<NetworkMessage>) {
+        if self.direction == Direction::Outbound {
+            out.push(self.version_message(config, start_height, unix_time));
+        }
+    }
+
+    /// Handles an incoming message. `is_local_nonce` tells whether a nonce
+    /// belongs to one of our own `version` messages (self-connection check).
+    pub fn on_message(
+        &mut self,
+        message: NetworkMessage,
+        now: Instant,
+        ctx: &Context<'_>,
+        out: &mut Vec<NetworkMessage>,
+    ) -> Result<Delivery, SessionError> {
+        let config = ctx.config;
+        let forward = |m: NetworkMessage| {
+            if config.forward_session_messages { Delivery::Deliver(m) } else { Delivery::Consumed }
+        };
+        match (&message, self.stage) {
+            (NetworkMessage::Version(v), Stage::AwaitVersion) => {
+                if v.version < config.min_peer_version {
+                    return Err(SessionError::ObsoleteVersion { version: v.version, min: config.min_peer_version });
+                }
+                if !v.services.has(config.required_services) {
+                    return Err(SessionError::MissingServices {
+                        required: config.required_services,
+                        announced: v.services,
+                    });
+                }
+                if self.direction == Direction::Inbound && (ctx.is_local_nonce)(v.nonce) {
+                    return Err(SessionError::SelfConnection);
+                }
+                self.peer = Some(PeerVersion {
+                    version: v.version,
+                    services: v.services,
+                    user_agent: v.user_agent.chars().take(MAX_SUBVERSION_LENGTH).collect(),
+                    start_height: v.start_height,
+                    relay: v.relay,
+                    nonce: v.nonce,
+                });
+                if self.direction == Direction::Inbound {
+                    out.push(self.version_message(config, ctx.start_height, ctx.unix_time));
+                }
+                if v.version >= WTXID_RELAY_VERSION && config.protocol_version >= WTXID_RELAY_VERSION {
+                    out.push(NetworkMessage::WtxidRelay);
+                    self.sent_wtxidrelay = true;
+                }
+                out.push(NetworkMessage::SendAddrV2);
+                out.push(NetworkMessage::Verack);
+                self.stage = Stage::AwaitVerack;
+                Ok(forward(message))
+            }
+            (NetworkMessage::Version(_), _) => Err(SessionError::DuplicateVersion),
+            (_, Stage::AwaitVersion) => {
+                Err(SessionError::MessageBeforeVersion { command: message.command().as_ref().to_owned() })
+            }
+            (NetworkMessage::WtxidRelay, Stage::AwaitVerack) => {
+                self.features.wtxid_relay = self.sent_wtxidrelay;
+                Ok(forward(message))
+            }
+            (NetworkMessage::SendAddrV2, Stage::AwaitVerack) => {
+                self.features.addr_v2 = true;
+                Ok(forward(message))
+            }
+            (NetworkMessage::WtxidRelay | NetworkMessage::SendAddrV2, Stage::Ready) => {
+                Err(SessionError::FeatureAfterVerack { command: message.command().as_ref().to_owned() })
+            }
+            (NetworkMessage::Verack, Stage::AwaitVerack) => {
+                self.stage = Stage::Ready;
+                if config.send_headers {
+                    out.push(NetworkMessage::SendHeaders);
+                }
+                // First ping right away, to measure the round trip.
+                self.next_ping = now;
+                self.maybe_ping(now, config, out);
+                Ok(forward(message))
+            }
+            (NetworkMessage::Verack, Stage::Ready) => Ok(Delivery::Consumed),
+            (NetworkMessage::Ping(n), _) => {
+                out.push(NetworkMessage::Pong(*n));
+                Ok(forward(message))
+            }
+            (NetworkMessage::Pong(n), _) => {
+                if let Some((nonce, sent)) = self.ping {
+                    if *n == nonce {
+                        let rtt = now.saturating_duration_since(sent);
+                        self.last_rtt = Some(rtt);
+                        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+                        self.ping = None;
+                    }
+                }
+                Ok(forward(message))
+            }
+            (NetworkMessage::SendHeaders, _) => {
+                self.features.send_headers = true;
+                Ok(forward(message))
+            }
+            // Core ignores other messages before verack.
+            (_, Stage::AwaitVerack) => Ok(Delivery::Consumed),
+            (_, Stage::Ready) => Ok(Delivery::Deliver(message)),
+        }
+    }
+
+    fn maybe_ping(&mut self, now: Instant, config: &SessionConfig, out: &mut Vec<NetworkMessage>) {
+        if self.stage == Stage::Ready && self.ping.is_none() && now >= self.next_ping {
+            let nonce = self.next_nonce();
+            out.push(NetworkMessage::Ping(nonce));
+            self.ping = Some((nonce, now));
+            self.next_ping = now + config.ping_interval;
+        }
+    }
+
+    /// Sends a ping now if none is outstanding, to measure the round trip.
+    pub fn ping_now(&mut self, now: Instant, config: &SessionConfig, out: &mut Vec<NetworkMessage>) {
+        self.next_ping = now;
+        self.maybe_ping(now, config, out);
+    }
+
+    /// Applies timeouts and sends due pings.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        config: &SessionConfig,
+        out: &mut Vec<NetworkMessage>,
+    ) -> Result<(), SessionError> {
+        if self.stage != Stage::Ready && now >= self.handshake_deadline {
+            return Err(SessionError::HandshakeTimeout(config.handshake_timeout));
+        }
+        if let Some((_, sent)) = self.ping {
+            if now.saturating_duration_since(sent) >= config.ping_timeout {
+                return Err(SessionError::PingTimeout(config.ping_timeout));
+            }
+        }
+        self.maybe_ping(now, config, out);
+        Ok(())
+    }
+
+    /// When [`tick`](Self::tick) next has something to do.
+    pub fn next_deadline(&self, config: &SessionConfig) -> Instant {
+        if self.stage != Stage::Ready {
+            return self.handshake_deadline;
+        }
+        match self.ping {
+            Some((_, sent)) => sent + config.ping_timeout,
+            None => self.next_ping,
+        }
+    }
+}
+
+/// Context the session needs from its environment for one message.
+pub struct Context<'a> {
+    /// Session options.
+    pub config: &'a SessionConfig,
+    /// Our current best height, for our `version`.
+    pub start_height: i32,
+    /// Seconds since the Unix epoch, for our `version`.
+    pub unix_time: i64,
+    /// Whether a nonce is one of our own outbound `version` nonces.
+    pub is_local_nonce: &'a dyn Fn(u64) -> bool,
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context").field("start_height", &self.start_height).field("unix_time", &self.unix_time).finish()
+    }
+}
