@@ -537,3 +537,7 @@ impl fmt::Debug for Context<'_> {
         f.debug_struct("Context").field("start_height", &self.start_height).field("unix_time", &self.unix_time).finish()
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
