@@ -453,17 +453,17 @@ impl Session {
                 out.push(NetworkMessage::Pong(*n));
                 Ok(forward(message))
             }
-            (NetworkMessage::Pong(n), _) => {
-                if let Some((nonce, sent)) = self.ping {
-                    if *n == nonce {
-                        let rtt = now.saturating_duration_since(sent);
-                        self.last_rtt = Some(rtt);
-                        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
-                        self.ping = None;
-                    }
+            (NetworkMessage::Pong(n), _) => match self.ping {
+                Some((nonce, sent)) if *n == nonce => {
+                    let rtt = now.saturating_duration_since(sent);
+                    self.last_rtt = Some(rtt);
+                    self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+                    self.ping = None;
+                    Ok(forward(message))
                 }
-                Ok(forward(message))
-            }
+                // Not ours: the answer to a ping the user sent.
+                _ => Ok(Delivery::Deliver(message)),
+            },
             (NetworkMessage::SendHeaders, _) => {
                 self.features.send_headers = true;
                 Ok(forward(message))
