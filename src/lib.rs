@@ -56,6 +56,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod broadcast;
 pub mod codec;
 pub mod config;
 pub mod error;

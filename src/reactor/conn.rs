@@ -60,6 +60,7 @@ pub(super) struct Conn<C, P> {
 }
 
 impl<C: Codec, P> Conn<C, P> {
+    #[allow(clippy::too_many_arguments, reason = "a constructor taking each field that has no default")]
     pub(super) fn new(
         id: PeerId,
         stream: TcpStream,
