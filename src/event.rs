@@ -100,9 +100,9 @@ pub enum Event<M = NetworkMessage, E = WireError> {
         /// Why.
         reason: DisconnectReason<E>,
     },
-    /// A message was not queued and is handed back. Nothing after it was
-    /// queued either while the peer's send buffer stays full, so resending it
-    /// after [`Event::Writable`] keeps the stream in order.
+    /// A message accepted by [`Handle::send`](crate::Handle::send) could not
+    /// be queued after all (the peer went away meanwhile, or the codec could
+    /// not encode it) and is handed back.
     SendRejected {
         /// The peer it was meant for.
         peer: PeerId,
@@ -111,8 +111,8 @@ pub enum Event<M = NetworkMessage, E = WireError> {
         /// Why it was refused.
         reason: SendError<E>,
     },
-    /// The peer's send buffer, which had refused a message, has drained below
-    /// half of its limit: sending may resume.
+    /// The peer's send buffer, which made [`Handle::send`](crate::Handle::send)
+    /// refuse a message, has drained to half of its limit: sending may resume.
     Writable {
         /// The peer.
         peer: PeerId,
@@ -217,13 +217,6 @@ impl<E: std::error::Error + 'static> std::error::Error for DisconnectReason<E> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SendError<E = WireError> {
-    /// The peer's send buffer is above its limit. Wait for [`Event::Writable`].
-    BufferFull {
-        /// Bytes queued for the peer.
-        queued: usize,
-        /// The configured limit.
-        limit: usize,
-    },
     /// No such peer: it disconnected, or never existed.
     UnknownPeer,
     /// The peer is being disconnected after a flush and takes no new messages.
@@ -235,9 +228,6 @@ pub enum SendError<E = WireError> {
 impl<E: fmt::Display> fmt::Display for SendError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SendError::BufferFull { queued, limit } => {
-                write!(f, "send buffer full ({queued} bytes queued, limit {limit})")
-            }
             SendError::UnknownPeer => f.write_str("unknown peer"),
             SendError::Closing => f.write_str("peer is closing"),
             SendError::Encode(e) => write!(f, "cannot encode message: {e}"),

@@ -1,8 +1,9 @@
 //! The user's side of the reactor: commands in, events out.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -36,8 +37,42 @@ impl std::fmt::Display for ReactorGone {
 
 impl std::error::Error for ReactorGone {}
 
+/// Why [`Handle::send`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The peer's send buffer is above its limit; wait for
+    /// [`Event::Writable`].
+    BufferFull,
+    /// No such peer (never existed, or disconnected).
+    UnknownPeer,
+    /// The reactor has stopped.
+    ReactorGone,
+}
+
+/// A message [`Handle::send`] did not queue, handed back with the reason.
+#[derive(Debug)]
+pub struct Refused<M> {
+    /// The message, unchanged.
+    pub message: M,
+    /// Why it was refused.
+    pub reason: Refusal,
+}
+
+impl<M> std::fmt::Display for Refused<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reason {
+            Refusal::BufferFull => f.write_str("send buffer full"),
+            Refusal::UnknownPeer => f.write_str("unknown peer"),
+            Refusal::ReactorGone => f.write_str("reactor has stopped"),
+        }
+    }
+}
+
+impl<M: std::fmt::Debug> std::error::Error for Refused<M> {}
+
 pub(crate) enum Cmd<M> {
-    Connect { peer: PeerId, addr: SocketAddr },
+    Connect { peer: PeerId, addr: SocketAddr, gate: Arc<Gate> },
     Send { peer: PeerId, message: M },
     Disconnect { peer: PeerId, mode: Disconnect },
     Query(Query),
@@ -48,6 +83,25 @@ pub(crate) enum Query {
     Peers(Sender<Vec<PeerInfo>>),
     Info(PeerId, Sender<Option<PeerInfo>>),
     Stats(PeerId, Sender<Option<PeerStats>>),
+}
+
+/// Per-peer send gate, shared by the handles and the reactor. The reactor
+/// closes it when the peer's send buffer exceeds the limit and opens it when
+/// the buffer drains below half; [`Handle::send`] refuses messages while it
+/// is closed, synchronously, so refused messages never overtake accepted ones.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    pub(crate) full: AtomicBool,
+    /// A send was refused while full: report `Writable` when it opens.
+    pub(crate) refused: AtomicBool,
+}
+
+impl Gate {
+    /// Opens the gate; true if a refused sender must be told.
+    pub(crate) fn open(&self) -> bool {
+        self.full.store(false, Ordering::SeqCst);
+        self.refused.swap(false, Ordering::SeqCst)
+    }
 }
 
 /// State shared between the handles and the reactor thread.
@@ -61,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) next_peer: AtomicU64,
     /// Our best height, announced in `version` (session mode).
     pub(crate) start_height: AtomicI32,
+    /// Send gates of live peers.
+    pub(crate) gates: RwLock<HashMap<PeerId, Arc<Gate>>>,
 }
 
 impl Shared {
@@ -78,8 +134,15 @@ impl Shared {
         }
     }
 
-    pub(crate) fn allocate_peer(&self) -> PeerId {
-        PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed))
+    pub(crate) fn allocate_peer(&self) -> (PeerId, Arc<Gate>) {
+        let peer = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
+        let gate = Arc::new(Gate::default());
+        self.gates.write().unwrap_or_else(|e| e.into_inner()).insert(peer, Arc::clone(&gate));
+        (peer, gate)
+    }
+
+    pub(crate) fn remove_gate(&self, peer: PeerId) {
+        self.gates.write().unwrap_or_else(|e| e.into_inner()).remove(&peer);
     }
 }
 
@@ -163,16 +226,52 @@ impl<C: Codec> Handle<C> {
     /// Starts connecting to `addr` and returns the id the peer will have.
     /// Either [`Event::Connected`] or [`Event::ConnectFailed`] follows.
     pub fn connect(&self, addr: SocketAddr) -> Result<PeerId, ReactorGone> {
-        let peer = self.inner.shared.allocate_peer();
-        self.command(Cmd::Connect { peer, addr })?;
+        let (peer, gate) = self.inner.shared.allocate_peer();
+        if let Err(e) = self.command(Cmd::Connect { peer, addr, gate }) {
+            self.inner.shared.remove_gate(peer);
+            return Err(e);
+        }
         Ok(peer)
     }
 
-    /// Queues `message` for `peer`. It is encoded straight into the peer's
-    /// send buffer; if it cannot be queued it comes back in
-    /// [`Event::SendRejected`].
-    pub fn send(&self, peer: PeerId, message: C::Message) -> Result<(), ReactorGone> {
-        self.command(Cmd::Send { peer, message })
+    /// Queues `message` for `peer`; the reactor encodes it straight into the
+    /// peer's send buffer.
+    ///
+    /// Refused at once, with the message handed back, when the peer's send
+    /// buffer is above [`Config::send_buffer_limit`](crate::Config::send_buffer_limit)
+    /// ([`Refusal::BufferFull`]; [`Event::Writable`] follows when it drains to
+    /// half), when the peer is unknown or gone, or when the reactor stopped.
+    /// Because refusal is synchronous, a sender that holds refused messages
+    /// and sends them first once writable keeps the peer's stream in order.
+    /// A peer that disconnects while the message is in flight hands it back
+    /// in [`Event::SendRejected`].
+    pub fn send(&self, peer: PeerId, message: C::Message) -> Result<(), Refused<C::Message>> {
+        let shared = &self.inner.shared;
+        {
+            let gates = shared.gates.read().unwrap_or_else(|e| e.into_inner());
+            let Some(gate) = gates.get(&peer) else {
+                return Err(Refused { message, reason: Refusal::UnknownPeer });
+            };
+            if gate.full.load(Ordering::Acquire) {
+                // Flag first, then re-check: if the reactor opened the gate in
+                // between it will report Writable (spuriously, harmlessly);
+                // otherwise it sees the flag when it opens the gate.
+                gate.refused.store(true, Ordering::SeqCst);
+                if gate.full.load(Ordering::SeqCst) {
+                    return Err(Refused { message, reason: Refusal::BufferFull });
+                }
+            }
+        }
+        match self.inner.commands.send(Cmd::Send { peer, message }) {
+            Ok(()) => {
+                shared.wake_if_sleeping();
+                Ok(())
+            }
+            Err(crossbeam_channel::SendError(cmd)) => match cmd {
+                Cmd::Send { message, .. } => Err(Refused { message, reason: Refusal::ReactorGone }),
+                _ => unreachable!("we sent a Send command"),
+            },
+        }
     }
 
     /// Ends the connection to `peer`; [`Event::Disconnected`] follows.

@@ -71,7 +71,7 @@ pub mod wire;
 pub use config::Config;
 pub use error::StartError;
 pub use event::{ConnectError, Direction, DisconnectReason, Event, PeerId, SendError};
-pub use handle::{Disconnect, Handle, ReactorGone};
+pub use handle::{Disconnect, Handle, ReactorGone, Refusal, Refused};
 pub use peer::{PeerInfo, PeerStats};
 pub use reactor::start_with_codec;
 pub use session::{Mode, SessionConfig, SessionError};

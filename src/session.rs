@@ -406,7 +406,14 @@ impl Session {
                 self.peer = Some(PeerVersion {
                     version: v.version,
                     services: v.services,
-                    user_agent: v.user_agent.chars().take(MAX_SUBVERSION_LENGTH).collect(),
+                    user_agent: {
+                        // MAX_SUBVERSION_LENGTH counts bytes, not characters.
+                        let mut end = v.user_agent.len().min(MAX_SUBVERSION_LENGTH);
+                        while !v.user_agent.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        v.user_agent[..end].to_owned()
+                    },
                     start_height: v.start_height,
                     relay: v.relay,
                     nonce: v.nonce,
@@ -461,8 +468,11 @@ impl Session {
                     self.ping = None;
                     Ok(forward(message))
                 }
-                // Not ours: the answer to a ping the user sent.
-                _ => Ok(Delivery::Deliver(message)),
+                // Not ours: the answer to a ping the user sent. Before
+                // verack the user cannot have pinged (and the peer is not
+                // announced yet), so the pong is handled like the others.
+                _ if self.stage == Stage::Ready => Ok(Delivery::Deliver(message)),
+                _ => Ok(forward(message)),
             },
             (NetworkMessage::SendHeaders, _) => {
                 self.features.send_headers = true;

@@ -11,7 +11,7 @@ use mio::net::TcpStream;
 
 use crate::codec::{Codec, Decoded};
 use crate::event::{Direction, DisconnectReason, Event, PeerId};
-use crate::handle::Shared;
+use crate::handle::{Gate, Shared};
 use crate::peer::{PeerInfo, PeerStats};
 use crate::protocol::Protocol;
 
@@ -48,8 +48,8 @@ pub(super) struct Conn<C, P> {
     pub(super) writable: bool,
     pub(super) in_read_queue: bool,
     pub(super) in_write_queue: bool,
-    /// A message was refused; report `Writable` once the queue drains.
-    pub(super) reject_pending: bool,
+    /// The send gate shared with the handles.
+    pub(super) gate: Arc<Gate>,
     pub(super) connected_at: Instant,
     pub(super) last_send: Option<Instant>,
     pub(super) last_recv: Option<Instant>,
@@ -69,6 +69,7 @@ impl<C: Codec, P> Conn<C, P> {
         state: State,
         direction: Direction,
         addr: SocketAddr,
+        gate: Arc<Gate>,
         now: Instant,
     ) -> Self {
         Conn {
@@ -93,7 +94,7 @@ impl<C: Codec, P> Conn<C, P> {
             writable: false,
             in_read_queue: false,
             in_write_queue: false,
-            reject_pending: false,
+            gate,
             connected_at: now,
             last_send: None,
             last_recv: None,

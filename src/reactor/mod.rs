@@ -110,6 +110,7 @@ pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
         shutdown: AtomicBool::new(false),
         next_peer: AtomicU64::new(1),
         start_height: AtomicI32::new(config.start_height),
+        gates: Default::default(),
     });
     let protocol = protocol(&shared);
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
@@ -299,16 +300,18 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             }
             match self.listeners[i].socket.accept() {
                 Ok((mut stream, remote)) => {
-                    let id = self.shared.allocate_peer();
+                    let (id, gate) = self.shared.allocate_peer();
                     let _ = stream.set_nodelay(true);
                     let interest = Interest::READABLE | Interest::WRITABLE;
                     if let Err(e) = self.poll.registry().register(&mut stream, Token(id.0 as usize), interest) {
                         log::warn!("cannot register accepted socket from {remote}: {e}");
+                        self.shared.remove_gate(id);
                         continue;
                     }
                     let local = stream.local_addr().ok();
-                    if let Err(e) = self.insert_conn(id, stream, Direction::Inbound, remote, State::Open) {
+                    if let Err(e) = self.insert_conn(id, stream, Direction::Inbound, remote, State::Open, gate) {
                         log::debug!("cannot start connection from {remote}: {}", DisplayReason(&e));
+                        self.shared.remove_gate(id);
                         continue;
                     }
                     let announce = self.protocol.announce_on_connect();
@@ -349,12 +352,13 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         direction: Direction,
         addr: SocketAddr,
         state: State,
+        gate: Arc<crate::handle::Gate>,
     ) -> Result<(), DisconnectReason<C::Error>> {
         let mut codec = self.codec.clone();
         let mut tx = Vec::new();
         codec.start(direction == Direction::Outbound, &mut tx).map_err(DisconnectReason::Codec)?;
         let proto = self.protocol.open(&Link { direction, remote: addr }, self.now, &mut self.proto_out);
-        let mut conn = Conn::new(id, stream, codec, proto, state, direction, addr, self.now);
+        let mut conn = Conn::new(id, stream, codec, proto, state, direction, addr, gate, self.now);
         conn.tx = tx;
         if let Err(e) = conn.queue_protocol(&mut self.protocol, &mut self.proto_out) {
             self.protocol.closed(&conn.proto);
@@ -392,7 +396,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         for _ in 0..COMMAND_BUDGET {
             match self.cmd_rx.try_recv() {
                 Ok(Cmd::Send { peer, message }) => self.send(peer, message),
-                Ok(Cmd::Connect { peer, addr }) => self.connect(peer, addr),
+                Ok(Cmd::Connect { peer, addr, gate }) => self.connect(peer, addr, gate),
                 Ok(Cmd::Disconnect { peer, mode }) => self.disconnect(peer, mode),
                 Ok(Cmd::Query(query)) => self.answer(query),
                 Err(TryRecvError::Empty) => return,
@@ -441,20 +445,23 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         }
     }
 
-    fn connect(&mut self, peer: PeerId, addr: SocketAddr) {
+    fn connect(&mut self, peer: PeerId, addr: SocketAddr, gate: Arc<crate::handle::Gate>) {
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
+                self.shared.remove_gate(peer);
                 self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(e) });
                 return;
             }
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self.poll.registry().register(&mut stream, Token(peer.0 as usize), interest) {
+            self.shared.remove_gate(peer);
             self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(e) });
             return;
         }
-        if let Err(e) = self.insert_conn(peer, stream, Direction::Outbound, addr, State::Connecting) {
+        if let Err(e) = self.insert_conn(peer, stream, Direction::Outbound, addr, State::Connecting, gate) {
+            self.shared.remove_gate(peer);
             let error = io::Error::other(format!("cannot start connection: {}", DisplayReason(&e)));
             self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(error) });
             return;
@@ -473,13 +480,6 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             return;
         }
         let queued = conn.queued();
-        if queued > limit || conn.reject_pending {
-            // Once a message is refused, refuse the rest until `Writable`, so
-            // the stream the peer sees has no holes.
-            conn.reject_pending = true;
-            self.out.emit(Event::SendRejected { peer, message, reason: SendError::BufferFull { queued, limit } });
-            return;
-        }
         if conn.tx_pos > 0 && conn.tx_pos >= conn.tx.len() / 2 {
             conn.tx.drain(..conn.tx_pos);
             conn.tx_pos = 0;
@@ -491,6 +491,9 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         }
         conn.msgs_out += 1;
         self.protocol.sent(&mut conn.proto, &message, conn.tx.len() - before);
+        if conn.queued() > limit {
+            conn.gate.full.store(true, Ordering::SeqCst);
+        }
         if queued == 0 {
             conn.tx_progress = self.now;
             if conn.writable && !conn.in_write_queue {
@@ -623,6 +626,9 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.timers.push(Reverse((self.now + self.config.frame_timeout, Timer::Frame(id))));
         }
         let queued = conn.queued();
+        if queued > self.config.send_buffer_limit {
+            conn.gate.full.store(true, Ordering::SeqCst);
+        }
         if queued > 0 && conn.writable && !conn.in_write_queue {
             conn.in_write_queue = true;
             self.write_queue.push_back(id);
@@ -687,8 +693,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                 return Ok(false);
             }
         }
-        if conn.reject_pending && conn.queued() <= limit / 2 {
-            conn.reject_pending = false;
+        if conn.queued() <= limit / 2 && conn.gate.full.load(Ordering::Relaxed) && conn.gate.open() {
             let peer = conn.id;
             self.out.emit(Event::Writable { peer });
         }
@@ -761,6 +766,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
 
     fn close_connecting(&mut self, id: u64, error: ConnectError, _io: io::Error) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
+        self.shared.remove_gate(conn.id);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.protocol.closed(&conn.proto);
         self.out.emit(Event::ConnectFailed { peer: conn.id, addr: conn.addr, error });
@@ -778,6 +784,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             return;
         }
         let Some(mut conn) = self.conns.remove(&id) else { return };
+        self.shared.remove_gate(conn.id);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.protocol.closed(&conn.proto);
         log::debug!("peer {} ({} {}) disconnected: {}", conn.id, conn.direction, conn.addr, DisplayReason(&reason));

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::TcpStream;
 
 use bitcoin::p2p::message::NetworkMessage;
-use peerlink::{ConnectError, Direction, Disconnect, DisconnectReason, Event, SendError};
+use peerlink::{ConnectError, Direction, Disconnect, DisconnectReason, Event, Refusal, SendError};
 
 use crate::common::*;
 
@@ -148,6 +148,7 @@ fn connect_to_closed_port_fails_with_io_error() {
 #[test]
 fn send_to_unknown_peer_comes_back() {
     let (client, c, _server, _) = pair();
+    // In flight when the peer goes: handed back by the reactor.
     client.disconnect(c, Disconnect::Now).unwrap();
     client.send(c, NetworkMessage::Ping(9)).unwrap();
     let mut saw_disconnect = false;
@@ -164,6 +165,10 @@ fn send_to_unknown_peer_comes_back() {
         other => panic!("unexpected {other:?}"),
     });
     assert!(saw_disconnect);
+    // Once it is gone: refused synchronously.
+    let refused = client.send(c, NetworkMessage::Ping(10)).unwrap_err();
+    assert_eq!(refused.reason, Refusal::UnknownPeer);
+    assert_eq!(refused.message, NetworkMessage::Ping(10));
 }
 
 #[test]
@@ -224,36 +229,21 @@ fn send_cap_returns_message_then_writable_follows() {
     config.send_buffer_limit = 300_000;
     let (server, addr) = listener_with(config);
     let (mut raw, id) = raw_peer(&server, addr);
-    // The raw peer reads nothing yet: queue 100 KB messages until one is refused.
+    // The raw peer reads nothing yet: queue 100 KB messages until the send
+    // buffer is over its limit and `send` refuses one, synchronously.
     let tx = big_tx(100_000);
-    let mut sent = 0u32;
-    let rejected = loop {
-        server.send(id, NetworkMessage::Tx(tx.clone())).unwrap();
-        sent += 1;
-        assert!(sent < 10_000, "no message was ever refused");
-        // Sends are asynchronous; check for a refusal after each one.
-        match server.try_recv() {
-            Ok(Event::SendRejected { peer, message, reason }) => {
-                assert_eq!(peer, id);
-                assert!(matches!(reason, SendError::BufferFull { limit: 300_000, .. }), "{reason}");
-                break message;
-            }
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) => {
-                if sent % 16 == 0 {
-                    // Let the reactor catch up so the test does not queue
-                    // thousands of commands before the first refusal.
-                    let e = server.recv_timeout(std::time::Duration::from_millis(50));
-                    if let Ok(Event::SendRejected { message, reason, .. }) = e {
-                        assert!(matches!(reason, SendError::BufferFull { .. }));
-                        break message;
-                    }
-                }
-            }
+    let mut accepted = 0usize;
+    let refused = loop {
+        match server.send(id, NetworkMessage::Tx(tx.clone())) {
+            Ok(()) => accepted += 1,
+            Err(refused) => break refused,
         }
+        assert!(accepted < 100_000, "no message was ever refused");
     };
-    assert_eq!(rejected, NetworkMessage::Tx(tx.clone()), "the refused message comes back unchanged");
-    // Anything sent after the refusal is refused too (in order), until Writable.
+    assert_eq!(refused.reason, Refusal::BufferFull);
+    assert_eq!(refused.message, NetworkMessage::Tx(tx.clone()), "the refused message comes back unchanged");
+    // Still full: later messages are refused too, so order is kept.
+    assert_eq!(server.send(id, NetworkMessage::Ping(1)).unwrap_err().reason, Refusal::BufferFull);
     let reader = std::thread::spawn(move || {
         let mut total = 0usize;
         let mut buf = vec![0u8; 1 << 16];
@@ -265,12 +255,7 @@ fn send_cap_returns_message_then_writable_follows() {
         }
         total
     });
-    let mut refused = 1u32;
     wait_for(&server, |e| match e {
-        Event::SendRejected { .. } => {
-            refused += 1;
-            None
-        }
         Event::Writable { peer } => {
             assert_eq!(peer, id);
             Some(())
@@ -278,17 +263,16 @@ fn send_cap_returns_message_then_writable_follows() {
         other => panic!("unexpected {other:?}"),
     });
     // Writable: the stream resumes where it stopped.
+    server.send(id, NetworkMessage::Tx(tx.clone())).unwrap();
     server.send(id, NetworkMessage::Ping(77)).unwrap();
     server.disconnect(id, Disconnect::AfterFlush).unwrap();
     wait_for(&server, |e| match e {
         Event::Disconnected { reason: DisconnectReason::Flushed, .. } => Some(()),
-        Event::SendRejected { .. } => panic!("refused after Writable"),
-        _ => None,
+        other => panic!("unexpected {other:?}"),
     });
     let total = reader.join().unwrap();
-    let accepted = (sent - refused) as usize;
     let tx_frame = encode(NET, &NetworkMessage::Tx(tx)).len();
-    assert_eq!(total, accepted * tx_frame + 32, "every accepted message and the ping arrived");
+    assert_eq!(total, (accepted + 1) * tx_frame + 32, "every accepted message and the ping arrived");
 }
 
 #[test]
@@ -304,12 +288,11 @@ fn stalled_reader_is_disconnected() {
     let mut full = false;
     loop {
         if !full {
-            server.send(id, NetworkMessage::Tx(tx.clone())).unwrap();
+            full = server.send(id, NetworkMessage::Tx(tx.clone())).is_err();
         }
         let event = if full { Some(next_event(&server)) } else { server.try_recv().ok() };
         match event {
             None => {}
-            Some(Event::SendRejected { .. }) => full = true,
             Some(Event::Writable { .. }) => full = false,
             Some(Event::Disconnected { peer, reason: DisconnectReason::SendStalled { queued, .. } }) => {
                 assert_eq!(peer, id);

@@ -1,0 +1,203 @@
+//! A bcoin 1.0.2 full node (regtest, in memory, loopback only) as a child
+//! process, and a JSON-RPC client for it.
+//!
+//! The node is `interop/bcoin/node.js`. Missing Node.js or npm is a test
+//! failure, never a skip.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Time allowed for the node to start and print its ready line. Only reached
+/// when something is broken.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time allowed for one JSON-RPC call (mining a few hundred regtest blocks in
+/// JavaScript takes a few seconds).
+const RPC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Lines of the node's stderr quoted when it fails to start.
+const STDERR_TAIL_LINES: usize = 40;
+
+/// `interop/bcoin` in the source tree.
+pub fn bcoin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop").join("bcoin")
+}
+
+/// Runs `npm ci` in `interop/bcoin` unless bcoin is installed already. A file
+/// lock serialises concurrent installers (threads of this binary and other
+/// test processes alike).
+fn ensure_installed() {
+    let dir = bcoin_dir();
+    let installed = || dir.join("node_modules").join("bcoin").join("package.json").is_file();
+    if installed() {
+        return;
+    }
+    let lock_path = dir.join(".install.lock");
+    let lock = File::create(&lock_path).unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
+    lock.lock().unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
+    if !installed() {
+        let subcommand = if dir.join("package-lock.json").is_file() { "ci" } else { "install" };
+        eprintln!("interop: running `npm {subcommand}` in {}", dir.display());
+        let output = Command::new("npm")
+            .args([subcommand, "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run npm ({e}): the interop tests need Node.js (20 or newer) and npm on PATH \
+                     to install bcoin into {}",
+                    dir.display()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "`npm {subcommand}` in {} failed ({}):\n{}\n{}",
+            dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(installed(), "`npm {subcommand}` succeeded but node_modules/bcoin is missing");
+    }
+    // Dropping the file releases the lock.
+    drop(lock);
+}
+
+/// A running bcoin node. Dropping it kills the process.
+pub struct Bcoin {
+    child: Child,
+    /// Kept open: the node exits when its stdin closes.
+    stdin: Option<ChildStdin>,
+    /// The node's P2P listener.
+    pub p2p: SocketAddr,
+    /// The node's HTTP JSON-RPC server.
+    pub http: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Bcoin {
+    /// Starts a fresh node (empty regtest chain, OS-chosen ports) and waits
+    /// until it listens.
+    pub fn start() -> Bcoin {
+        ensure_installed();
+        let dir = bcoin_dir();
+        let mut child = Command::new("node")
+            .arg(dir.join("node.js"))
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): the interop tests need Node.js (20 or newer) on PATH"));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        // Keep the node's log; forward it to the test's (captured) output.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("bcoin: {line}");
+                log2.lock().expect("stderr log lock").push(line);
+            }
+        });
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = ready_tx.send(line);
+            }
+            // Drain anything else so the node never blocks on a full pipe.
+            for _ in lines {}
+        });
+
+        let mut node = Bcoin {
+            child,
+            stdin,
+            p2p: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr: log,
+        };
+        let line = match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(e) => {
+                // Give the stderr thread a moment to collect the reason.
+                std::thread::sleep(Duration::from_millis(200));
+                let status = node.child.try_wait().ok().flatten();
+                panic!(
+                    "bcoin did not become ready ({e}; exit status {status:?}). Last lines of its log:\n{}",
+                    node.stderr_tail()
+                );
+            }
+        };
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bcoin's ready line is not JSON ({e}): {line:?}\n{}", node.stderr_tail()));
+        let port = |key: &str| -> u16 {
+            let n = ready[key].as_u64().unwrap_or_else(|| panic!("bcoin's ready line lacks {key:?}: {line}"));
+            u16::try_from(n).expect("port fits in u16")
+        };
+        assert_eq!(ready["ready"], Value::Bool(true), "unexpected ready line: {line}");
+        node.p2p = SocketAddr::from(([127, 0, 0, 1], port("p2p")));
+        node.http = SocketAddr::from(([127, 0, 0, 1], port("http")));
+        node
+    }
+
+    fn stderr_tail(&self) -> String {
+        let log = self.stderr.lock().expect("stderr log lock");
+        let start = log.len().saturating_sub(STDERR_TAIL_LINES);
+        log[start..].join("\n")
+    }
+
+    /// Calls `method` over JSON-RPC and returns its result, or the error
+    /// object as a string.
+    pub fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
+        let body = serde_json::json!({ "jsonrpc": "1.0", "id": 1, "method": method, "params": params }).to_string();
+        let mut stream = TcpStream::connect(self.http).map_err(|e| format!("connect to {}: {e}", self.http))?;
+        stream.set_read_timeout(Some(RPC_TIMEOUT)).map_err(|e| e.to_string())?;
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            self.http,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).map_err(|e| format!("send {method}: {e}"))?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).map_err(|e| format!("read {method} response: {e}"))?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) =
+            text.split_once("\r\n\r\n").ok_or_else(|| format!("malformed HTTP response to {method}: {text:?}"))?;
+        let status = head.lines().next().unwrap_or_default();
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            return Err(format!("unexpected chunked response to {method}: {head}"));
+        }
+        let reply: Value =
+            serde_json::from_str(body).map_err(|e| format!("{method}: {status}: body is not JSON ({e}): {body:?}"))?;
+        match &reply["error"] {
+            Value::Null => Ok(reply["result"].clone()),
+            error => Err(format!("{method} failed: {error}")),
+        }
+    }
+
+    /// Calls `method` over JSON-RPC; panics on any error.
+    pub fn rpc(&self, method: &str, params: Value) -> Value {
+        self.try_rpc(method, params).unwrap_or_else(|e| panic!("bcoin RPC: {e}"))
+    }
+}
+
+impl Drop for Bcoin {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
