@@ -344,11 +344,7 @@ fn send_all(
 ) -> BenchResult<SendStats> {
     let mut stats = SendStats::default();
     let mut held: Option<NetworkMessage> = None;
-    loop {
-        let message = match held.take().or_else(|| source.next()) {
-            Some(m) => m,
-            None => break,
-        };
+    while let Some(message) = held.take().or_else(|| source.next()) {
         match handle.send(peer, message) {
             Ok(()) => {}
             Err(refused) if refused.reason == peerlink::Refusal::BufferFull => {
