@@ -14,6 +14,8 @@
 //! `ready peer=ID addr=… ua=… version=… services=… height=… transport=…`,
 //! `message peer=ID cmd=NAME size=BYTES`, `disconnected peer=ID reason=…`.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -68,7 +70,7 @@ fn main() -> ExitCode {
                     info.direction,
                     v.map_or("", |v| &v.user_agent),
                     v.map_or(0, |v| v.version),
-                    v.map_or(bitcoin::p2p::ServiceFlags::NONE, |v| v.services),
+                    common::service_names(v.map_or(bitcoin::p2p::ServiceFlags::NONE, |v| v.services)),
                     v.map_or(0, |v| v.start_height),
                     info.features,
                     info.transport,
@@ -117,7 +119,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--network" => {
                 let v = args.next().ok_or("--network needs a name")?;
-                network = peerlink::config::parse_network(&v).ok_or(format!("unknown network {v:?}"))?;
+                network = common::network(&v)?;
             }
             "--session" => session = true,
             "-h" | "--help" => return Err("help requested".into()),

@@ -75,6 +75,9 @@ pub struct SessionConfig {
     pub user_agent_name: Option<String>,
     /// Application version for the user agent.
     pub user_agent_version: Option<String>,
+    /// A complete user agent that replaces the one built from the names
+    /// above (still capped at 256 bytes).
+    pub user_agent: Option<String>,
     /// Our `relay` flag (BIP37): whether the peer should announce transactions.
     /// Default true.
     pub relay: bool,
@@ -103,6 +106,7 @@ impl Default for SessionConfig {
             services: ServiceFlags::NONE,
             user_agent_name: None,
             user_agent_version: None,
+            user_agent: None,
             relay: true,
             send_headers: false,
             min_peer_version: MIN_PEER_PROTO_VERSION,
@@ -121,7 +125,9 @@ impl SessionConfig {
     /// [`MAX_SUBVERSION_LENGTH`] bytes.
     pub fn user_agent(&self) -> String {
         let mut ua = format!("/peerlink:{}/", env!("CARGO_PKG_VERSION"));
-        if let Some(name) = &self.user_agent_name {
+        if let Some(custom) = &self.user_agent {
+            ua = custom.clone();
+        } else if let Some(name) = &self.user_agent_name {
             let clean = |s: &str| s.chars().filter(|c| !matches!(c, '/' | ':' | '(' | ')')).collect::<String>();
             ua.push_str(&clean(name));
             if let Some(v) = &self.user_agent_version {

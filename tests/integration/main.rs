@@ -7,3 +7,4 @@ mod generic_codec;
 mod hostile;
 mod reactor;
 mod regressions;
+mod session;

@@ -1,0 +1,98 @@
+//! Broadcasts one transaction with the one-shot API and leaves.
+//!
+//! ```text
+//! cargo run --example broadcast_tx -- --network NET --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX
+//! ```
+//!
+//! Prints the txid, then one line per peer with its outcome. Exits 0 when at
+//! least one peer fetched the transaction and confirmed processing it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bitcoin::Transaction;
+use bitcoin::consensus::encode::deserialize_hex;
+use peerlink::Config;
+
+const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX";
+
+struct Args {
+    network: bitcoin::Network,
+    peers: Vec<SocketAddr>,
+    timeout: Duration,
+    tx: Transaction,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut network = None;
+    let mut peers = Vec::new();
+    let mut timeout = Duration::from_secs(30);
+    let mut tx = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--network" => network = Some(common::network(&common::value(&mut args, "--network")?)?),
+            "--peer" => {
+                let v = common::value(&mut args, "--peer")?;
+                peers.push(v.parse().map_err(|e| format!("bad --peer address {v:?}: {e}"))?);
+            }
+            "--timeout" => {
+                let v = common::value(&mut args, "--timeout")?;
+                let secs: u64 = v.parse().map_err(|_| format!("bad --timeout value {v:?}"))?;
+                timeout = Duration::from_secs(secs);
+            }
+            "-h" | "--help" => return Err("help requested".into()),
+            s if s.starts_with("--") => return Err(format!("unknown option {s:?}")),
+            s if tx.is_none() => {
+                tx = Some(deserialize_hex::<Transaction>(s).map_err(|e| format!("TX_HEX is not a transaction: {e}"))?)
+            }
+            s => return Err(format!("unexpected argument {s:?}")),
+        }
+    }
+    let network = network.ok_or("--network is required")?;
+    if peers.is_empty() {
+        return Err("at least one --peer is required".into());
+    }
+    Ok(Args { network, peers, timeout, tx: tx.ok_or("TX_HEX is required")? })
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("txid={} wtxid={}", args.tx.compute_txid(), args.tx.compute_wtxid());
+    let mut config = Config::new(args.network);
+    config.session.user_agent_name = Some("broadcast_tx".into());
+    config.session.relay = false;
+    let outcomes = match peerlink::broadcast::broadcast(config, &args.tx, &args.peers, args.timeout) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut delivered = 0;
+    for outcome in &outcomes {
+        match &outcome.result {
+            Ok(d) => {
+                delivered += 1;
+                println!(
+                    "peer={} result=delivered ua={:?} announced_by={} elapsed={:.3}s",
+                    outcome.addr,
+                    d.user_agent,
+                    if d.by_wtxid { "wtxid" } else { "txid" },
+                    d.elapsed.as_secs_f64()
+                );
+            }
+            Err(e) => println!("peer={} result=failed reason={e}", outcome.addr),
+        }
+    }
+    println!("delivered={delivered}/{}", outcomes.len());
+    if delivered > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

@@ -1,0 +1,36 @@
+//! Small helpers shared by the examples (argument parsing, service names).
+
+#![allow(dead_code, reason = "each example uses a different subset")]
+
+use bitcoin::p2p::ServiceFlags;
+
+/// Parses `--network NAME` values.
+pub fn network(name: &str) -> Result<bitcoin::Network, String> {
+    peerlink::config::parse_network(name)
+        .ok_or_else(|| format!("unknown network {name:?} (expected main, test, testnet4, signet or regtest)"))
+}
+
+/// Service flags by name, as Bitcoin Core prints them.
+pub fn service_names(flags: ServiceFlags) -> String {
+    const NAMES: [(ServiceFlags, &str); 7] = [
+        (ServiceFlags::NETWORK, "NETWORK"),
+        (ServiceFlags::GETUTXO, "GETUTXO"),
+        (ServiceFlags::BLOOM, "BLOOM"),
+        (ServiceFlags::WITNESS, "WITNESS"),
+        (ServiceFlags::COMPACT_FILTERS, "COMPACT_FILTERS"),
+        (ServiceFlags::NETWORK_LIMITED, "NETWORK_LIMITED"),
+        (ServiceFlags::P2P_V2, "P2P_V2"),
+    ];
+    let mut names: Vec<String> = NAMES.iter().filter(|(f, _)| flags.has(*f)).map(|(_, n)| (*n).to_owned()).collect();
+    let known = NAMES.iter().fold(0u64, |acc, (f, _)| acc | f.to_u64());
+    let unknown = flags.to_u64() & !known;
+    if unknown != 0 {
+        names.push(format!("UNKNOWN[{unknown:#x}]"));
+    }
+    if names.is_empty() { "NONE".to_owned() } else { names.join("|") }
+}
+
+/// Takes the value after a flag.
+pub fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
+    args.next().ok_or_else(|| format!("{flag} needs a value"))
+}

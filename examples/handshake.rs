@@ -1,0 +1,174 @@
+//! Connects to one peer, completes the session handshake and prints what the
+//! peer told us, then measures the ping round trip.
+//!
+//! ```text
+//! cargo run --example handshake -- ADDR [--network NET] [--user-agent S] [--hold SECS]
+//! ```
+//!
+//! One line per step; exits 0 only when the handshake and ping succeeded.
+//! With `--hold` it stays connected SECS seconds (the session answers the
+//! peer's pings) before disconnecting.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::message::NetworkMessage;
+use peerlink::{Config, Disconnect, Event};
+
+const USAGE: &str =
+    "usage: handshake ADDR [--network main|test|testnet4|signet|regtest] [--user-agent S] [--hold SECS]";
+
+struct Args {
+    addr: SocketAddr,
+    network: bitcoin::Network,
+    user_agent: Option<String>,
+    hold: Option<Duration>,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut addr = None;
+    let mut network = bitcoin::Network::Bitcoin;
+    let mut user_agent = None;
+    let mut hold = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--network" => network = common::network(&common::value(&mut args, "--network")?)?,
+            "--user-agent" => user_agent = Some(common::value(&mut args, "--user-agent")?),
+            "--hold" => {
+                let v = common::value(&mut args, "--hold")?;
+                let secs: f64 = v.parse().map_err(|_| format!("bad --hold value {v:?}"))?;
+                if !(0.0..=86_400.0).contains(&secs) {
+                    return Err(format!("--hold {secs} is out of range (0 to 86400)"));
+                }
+                hold = Some(Duration::from_secs_f64(secs));
+            }
+            "-h" | "--help" => return Err("help requested".into()),
+            s if s.starts_with("--") => return Err(format!("unknown option {s:?}")),
+            s if addr.is_none() => addr = Some(s.parse().map_err(|e| format!("bad address {s:?}: {e}"))?),
+            s => return Err(format!("unexpected argument {s:?}")),
+        }
+    }
+    Ok(Args { addr: addr.ok_or("ADDR is required")?, network, user_agent, hold })
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut config = Config::new(args.network);
+    config.session.user_agent_name = Some("handshake".into());
+    config.session.user_agent_version = Some(env!("CARGO_PKG_VERSION").into());
+    if let Some(ua) = &args.user_agent {
+        if ua.starts_with('/') {
+            config.session.user_agent = Some(ua.clone());
+        } else {
+            config.session.user_agent_name = Some(ua.clone());
+            config.session.user_agent_version = None;
+        }
+    }
+    let timeout = config.connect_timeout + config.session.handshake_timeout;
+    let handle = peerlink::start(config).map_err(|e| e.to_string())?;
+    println!("connecting addr={} network={}", args.addr, args.network);
+    let peer = handle.connect(args.addr).map_err(|e| e.to_string())?;
+    let info = loop {
+        match handle.recv_timeout(timeout).map_err(|_| "no answer from peer".to_string())? {
+            Event::Ready { info, .. } => break info,
+            Event::ConnectFailed { error, .. } => return Err(format!("connect failed: {error}")),
+            Event::Disconnected { reason, .. } => return Err(format!("handshake failed: {reason}")),
+            _ => {}
+        }
+    };
+    let v = info.version.clone().ok_or("peer is ready but sent no version")?;
+    println!(
+        "ready peer={peer} direction={} local={}",
+        info.direction,
+        info.local_addr.map_or("?".into(), |a| a.to_string())
+    );
+    println!("user_agent={:?} version={}", v.user_agent, v.version);
+    println!("services={}", common::service_names(v.services));
+    println!("height={}", v.start_height);
+    println!("relay={}", v.relay);
+    println!("features={}", info.features);
+    match info.transport {
+        peerlink::codec::Transport::V2 { session_id } => {
+            let hex: String = session_id.iter().map(|b| format!("{b:02x}")).collect();
+            println!("transport=v2 session_id={hex}");
+        }
+        t => println!("transport={t}"),
+    }
+
+    // Our own ping: its pong is handed to us (the session keeps its own).
+    let nonce = u64::from(std::process::id()) << 32 | 0x70_6c;
+    let sent = Instant::now();
+    handle.send(peer, NetworkMessage::Ping(nonce)).map_err(|e| e.to_string())?;
+    loop {
+        match handle.recv_timeout(Duration::from_secs(30)).map_err(|_| "no pong within 30 s".to_string())? {
+            Event::Message { message: NetworkMessage::Pong(n), .. } if n == nonce => break,
+            Event::Disconnected { reason, .. } => return Err(format!("disconnected: {reason}")),
+            _ => {}
+        }
+    }
+    let rtt = sent.elapsed();
+    println!("ping rtt={:.3}ms", rtt.as_secs_f64() * 1e3);
+    if let Ok(Some(stats)) = handle.peer_stats(peer) {
+        if let Some(session_rtt) = stats.last_ping {
+            println!("session ping rtt={:.3}ms", session_rtt.as_secs_f64() * 1e3);
+        }
+        // sendheaders usually arrives just after verack.
+        if let Ok(Some(now)) = handle.peer_info(peer) {
+            if now.features != info.features {
+                println!("features={}", now.features);
+            }
+        }
+    }
+
+    if let Some(hold) = args.hold {
+        println!("holding for {} s", hold.as_secs_f64());
+        let until = Instant::now() + hold;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match handle.recv_timeout(left) {
+                Ok(Event::Message { message, wire_size, .. }) => {
+                    println!("message cmd={} size={wire_size}", message.command())
+                }
+                Ok(Event::Disconnected { reason, .. }) => return Err(format!("disconnected while holding: {reason}")),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if let Ok(Some(stats)) = handle.peer_stats(peer) {
+            println!(
+                "held: bytes_in={} bytes_out={} msgs_in={} msgs_out={}",
+                stats.bytes_in, stats.bytes_out, stats.msgs_in, stats.msgs_out
+            );
+        }
+    }
+    handle.disconnect(peer, Disconnect::AfterFlush).map_err(|e| e.to_string())?;
+    loop {
+        match handle.recv_timeout(Duration::from_secs(10)) {
+            Ok(Event::Disconnected { reason, .. }) => {
+                println!("disconnected reason={reason}");
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
