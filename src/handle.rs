@@ -117,6 +117,9 @@ pub(crate) struct Shared {
     pub(crate) start_height: AtomicI32,
     /// Send gates of live peers.
     pub(crate) gates: RwLock<HashMap<PeerId, Arc<Gate>>>,
+    /// Async receivers waiting for an event (feature `async`).
+    pub(crate) async_waiting: AtomicBool,
+    pub(crate) async_wakers: Mutex<Vec<std::task::Waker>>,
 }
 
 impl Shared {
@@ -139,6 +142,17 @@ impl Shared {
         let gate = Arc::new(Gate::default());
         self.gates.write().unwrap_or_else(|e| e.into_inner()).insert(peer, Arc::clone(&gate));
         (peer, gate)
+    }
+
+    /// Wakes async receivers if any wait; called by the reactor after each
+    /// round and when it stops. One atomic load when nobody waits.
+    pub(crate) fn wake_async(&self) {
+        if self.async_waiting.load(Ordering::SeqCst) && self.async_waiting.swap(false, Ordering::SeqCst) {
+            let wakers = std::mem::take(&mut *self.async_wakers.lock().unwrap_or_else(|e| e.into_inner()));
+            for w in wakers {
+                w.wake();
+            }
+        }
     }
 
     pub(crate) fn remove_gate(&self, peer: PeerId) {
@@ -351,6 +365,19 @@ impl<C: Codec> Handle<C> {
     /// Sets the best-chain height announced in later `version` messages.
     pub fn set_start_height(&self, height: i32) {
         self.inner.shared.start_height.store(height, Ordering::Relaxed);
+    }
+
+    #[cfg(feature = "async")]
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The next event, from async code on any executor (feature `async`).
+    /// Resolves to `None` once the reactor has stopped and every event was
+    /// received. Cancel-safe: dropping the future loses no event.
+    #[cfg(feature = "async")]
+    pub fn recv_async(&self) -> crate::asynch::Recv<'_, C> {
+        crate::asynch::Recv { handle: self }
     }
 
     /// Whether the reactor thread is still running.

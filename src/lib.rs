@@ -56,6 +56,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "async")]
+pub mod asynch;
 pub mod broadcast;
 pub mod codec;
 pub mod config;

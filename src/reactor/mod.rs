@@ -111,6 +111,8 @@ pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
         next_peer: AtomicU64::new(1),
         start_height: AtomicI32::new(config.start_height),
         gates: Default::default(),
+        async_waiting: AtomicBool::new(false),
+        async_wakers: Default::default(),
     });
     let protocol = protocol(&shared);
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
@@ -172,6 +174,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.apply_commands();
             self.serve_writes();
             self.fire_timers();
+            self.shared.wake_async();
 
             let accept_ready = self.listeners.iter().any(|l| l.pending && l.backoff_until.is_none());
             let busy =
@@ -206,6 +209,10 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         for (_, mut conn) in self.conns.drain() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
+        // Async receivers must see the end of the stream.
+        drop(self.out);
+        self.shared.async_waiting.store(true, Ordering::SeqCst);
+        self.shared.wake_async();
     }
 
     fn next_deadline(&self) -> Option<Duration> {
