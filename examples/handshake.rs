@@ -132,10 +132,10 @@ fn run(args: Args) -> Result<(), String> {
             println!("session ping rtt={:.3}ms", session_rtt.as_secs_f64() * 1e3);
         }
         // sendheaders usually arrives just after verack.
-        if let Ok(Some(now)) = handle.peer_info(peer) {
-            if now.features != info.features {
-                println!("features={}", now.features);
-            }
+        if let Ok(Some(now)) = handle.peer_info(peer)
+            && now.features != info.features
+        {
+            println!("features={}", now.features);
         }
     }
 

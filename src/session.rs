@@ -427,11 +427,13 @@ impl Session {
                 if self.direction == Direction::Inbound {
                     out.push(self.version_message(config, ctx.start_height, ctx.unix_time));
                 }
+                // Core sends both only when the common version is 70016+:
+                // some older implementations reject unknown messages.
                 if v.version >= WTXID_RELAY_VERSION && config.protocol_version >= WTXID_RELAY_VERSION {
                     out.push(NetworkMessage::WtxidRelay);
+                    out.push(NetworkMessage::SendAddrV2);
                     self.sent_wtxidrelay = true;
                 }
-                out.push(NetworkMessage::SendAddrV2);
                 out.push(NetworkMessage::Verack);
                 self.stage = Stage::AwaitVerack;
                 Ok(forward(message))
@@ -515,10 +517,10 @@ impl Session {
         if self.stage != Stage::Ready && now >= self.handshake_deadline {
             return Err(SessionError::HandshakeTimeout(config.handshake_timeout));
         }
-        if let Some((_, sent)) = self.ping {
-            if now.saturating_duration_since(sent) >= config.ping_timeout {
-                return Err(SessionError::PingTimeout(config.ping_timeout));
-            }
+        if let Some((_, sent)) = self.ping
+            && now.saturating_duration_since(sent) >= config.ping_timeout
+        {
+            return Err(SessionError::PingTimeout(config.ping_timeout));
         }
         self.maybe_ping(now, config, out);
         Ok(())

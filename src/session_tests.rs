@@ -369,7 +369,7 @@ fn inbound_version_not_from_ourselves_is_accepted() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn peer_70015_gets_no_wtxidrelay() {
+fn peer_70015_gets_no_wtxidrelay_nor_sendaddrv2() {
     let t0 = Instant::now();
     let cfg = SessionConfig::default();
     let mut s = Session::new(Direction::Outbound, remote(), OUR_NONCE, t0, &cfg);
@@ -377,7 +377,8 @@ fn peer_70015_gets_no_wtxidrelay() {
     s.start(&cfg, START_HEIGHT, UNIX_TIME, &mut out);
     out.clear();
     feed(&mut s, peer_version(70015), t0, &cfg, &mut out);
-    assert_eq!(out, vec![NetworkMessage::SendAddrV2, NetworkMessage::Verack]);
+    // Like Core: neither wtxidrelay nor sendaddrv2 below 70016.
+    assert_eq!(out, vec![NetworkMessage::Verack]);
     // The peer sends wtxidrelay anyway: not negotiated, since we did not send ours.
     feed(&mut s, NetworkMessage::WtxidRelay, t0, &cfg, &mut out);
     feed(&mut s, NetworkMessage::SendAddrV2, t0, &cfg, &mut out);
@@ -388,17 +389,17 @@ fn peer_70015_gets_no_wtxidrelay() {
 }
 
 #[test]
-fn inbound_peer_70015_gets_no_wtxidrelay() {
+fn inbound_peer_70015_gets_no_wtxidrelay_nor_sendaddrv2() {
     let t0 = Instant::now();
     let cfg = SessionConfig::default();
     let mut s = Session::new(Direction::Inbound, remote(), OUR_NONCE, t0, &cfg);
     let mut out = Vec::new();
     feed(&mut s, peer_version(70015), t0, &cfg, &mut out);
-    assert_eq!(commands(&out), ["version", "sendaddrv2", "verack"]);
+    assert_eq!(commands(&out), ["version", "verack"]);
 }
 
 #[test]
-fn our_protocol_70015_sends_no_wtxidrelay() {
+fn our_protocol_70015_sends_no_wtxidrelay_nor_sendaddrv2() {
     let t0 = Instant::now();
     let cfg = SessionConfig { protocol_version: 70015, ..SessionConfig::default() };
     let mut s = Session::new(Direction::Outbound, remote(), OUR_NONCE, t0, &cfg);
@@ -408,7 +409,7 @@ fn our_protocol_70015_sends_no_wtxidrelay() {
     assert_eq!(v.version, 70015);
     out.clear();
     feed(&mut s, peer_version(70016), t0, &cfg, &mut out);
-    assert_eq!(out, vec![NetworkMessage::SendAddrV2, NetworkMessage::Verack]);
+    assert_eq!(out, vec![NetworkMessage::Verack]);
     feed(&mut s, NetworkMessage::WtxidRelay, t0, &cfg, &mut out);
     assert!(!s.features().wtxid_relay);
 }

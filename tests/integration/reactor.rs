@@ -44,17 +44,17 @@ fn thousand_messages_each_way_interleaved() {
     let mut got_server = 0;
     let mut got_client = 0;
     while got_server < N || got_client < N {
-        if got_server < N {
-            if let Ok(Event::Message { message, .. }) = server.try_recv() {
-                assert_eq!(message, NetworkMessage::Ping(got_server), "in order");
-                got_server += 1;
-            }
+        if got_server < N
+            && let Ok(Event::Message { message, .. }) = server.try_recv()
+        {
+            assert_eq!(message, NetworkMessage::Ping(got_server), "in order");
+            got_server += 1;
         }
-        if got_client < N {
-            if let Ok(Event::Message { message, .. }) = client.try_recv() {
-                assert_eq!(message, NetworkMessage::Pong(got_client), "in order");
-                got_client += 1;
-            }
+        if got_client < N
+            && let Ok(Event::Message { message, .. }) = client.try_recv()
+        {
+            assert_eq!(message, NetworkMessage::Pong(got_client), "in order");
+            got_client += 1;
         }
         if got_server < N && got_client == N {
             let (_, m) = message(&server);
@@ -148,23 +148,31 @@ fn connect_to_closed_port_fails_with_io_error() {
 #[test]
 fn send_to_unknown_peer_comes_back() {
     let (client, c, _server, _) = pair();
-    // In flight when the peer goes: handed back by the reactor.
+    // Sent right after the disconnect request: either refused at once (the
+    // reactor already removed the peer) or handed back by the reactor.
     client.disconnect(c, Disconnect::Now).unwrap();
-    client.send(c, NetworkMessage::Ping(9)).unwrap();
+    let in_flight = match client.send(c, NetworkMessage::Ping(9)) {
+        Ok(()) => true,
+        Err(refused) => {
+            assert_eq!(refused.reason, Refusal::UnknownPeer);
+            assert_eq!(refused.message, NetworkMessage::Ping(9));
+            false
+        }
+    };
     let mut saw_disconnect = false;
-    wait_for(&client, |e| match e {
-        Event::Disconnected { reason: DisconnectReason::Requested, .. } => {
-            saw_disconnect = true;
-            None
+    let mut handed_back = false;
+    while !saw_disconnect || (in_flight && !handed_back) {
+        match next_event(&client) {
+            Event::Disconnected { reason: DisconnectReason::Requested, .. } => saw_disconnect = true,
+            Event::SendRejected { peer, message, reason: SendError::UnknownPeer } => {
+                assert!(in_flight);
+                assert_eq!(peer, c);
+                assert_eq!(message, NetworkMessage::Ping(9));
+                handed_back = true;
+            }
+            other => panic!("unexpected {other:?}"),
         }
-        Event::SendRejected { peer, message, reason: SendError::UnknownPeer } => {
-            assert_eq!(peer, c);
-            assert_eq!(message, NetworkMessage::Ping(9));
-            Some(())
-        }
-        other => panic!("unexpected {other:?}"),
-    });
-    assert!(saw_disconnect);
+    }
     // Once it is gone: refused synchronously.
     let refused = client.send(c, NetworkMessage::Ping(10)).unwrap_err();
     assert_eq!(refused.reason, Refusal::UnknownPeer);
@@ -194,14 +202,14 @@ fn disconnect_after_flush_delivers_everything_then_closes() {
     server.send(id, NetworkMessage::Tx(tx.clone())).unwrap();
     server.send(id, NetworkMessage::Ping(1)).unwrap();
     server.disconnect(id, Disconnect::AfterFlush).unwrap();
-    // Sends after the disconnect request are refused, not lost silently.
-    server.send(id, NetworkMessage::Ping(2)).unwrap();
+    // Sends after the disconnect request are refused, not lost silently:
+    // at once if the peer is already gone, else by the reactor.
+    let mut rejected = server.send(id, NetworkMessage::Ping(2)).is_err();
     let bytes = read_to_close(&mut raw);
     let mut expected = encode(NET, &NetworkMessage::Tx(tx));
     expected.extend(encode(NET, &NetworkMessage::Ping(1)));
     assert_eq!(bytes.len(), expected.len());
     assert!(bytes == expected);
-    let mut rejected = false;
     wait_for(&server, |e| match e {
         Event::SendRejected { message: NetworkMessage::Ping(2), reason, .. } => {
             assert!(matches!(reason, SendError::Closing | SendError::UnknownPeer), "{reason}");

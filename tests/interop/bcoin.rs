@@ -4,13 +4,12 @@
 //! The node is `interop/bcoin/node.js`. Missing Node.js or npm is a test
 //! failure, never a skip.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -30,45 +29,82 @@ pub fn bcoin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop").join("bcoin")
 }
 
-/// Runs `npm ci` in `interop/bcoin` unless bcoin is installed already. A file
-/// lock serialises concurrent installers (threads of this binary and other
-/// test processes alike).
+/// How long to wait for another process's `npm ci` (a lock left by a
+/// killed process is reported after this).
+const INSTALL_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs `npm ci` in `interop/bcoin` unless bcoin is installed already.
+/// Concurrent installers are serialised: threads of this binary by a mutex,
+/// other processes by a lock directory (`create_dir` is atomic).
 fn ensure_installed() {
+    static INSTALL: Mutex<()> = Mutex::new(());
     let dir = bcoin_dir();
     let installed = || dir.join("node_modules").join("bcoin").join("package.json").is_file();
     if installed() {
         return;
     }
-    let lock_path = dir.join(".install.lock");
-    let lock = File::create(&lock_path).unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
-    lock.lock().unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
-    if !installed() {
-        let subcommand = if dir.join("package-lock.json").is_file() { "ci" } else { "install" };
-        eprintln!("interop: running `npm {subcommand}` in {}", dir.display());
-        let output = Command::new("npm")
-            .args([subcommand, "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run npm ({e}): the interop tests need Node.js (20 or newer) and npm on PATH \
-                     to install bcoin into {}",
-                    dir.display()
-                )
-            });
-        assert!(
-            output.status.success(),
-            "`npm {subcommand}` in {} failed ({}):\n{}\n{}",
-            dir.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-        );
-        assert!(installed(), "`npm {subcommand}` succeeded but node_modules/bcoin is missing");
+    let _in_process = INSTALL.lock().unwrap_or_else(PoisonError::into_inner);
+    if installed() {
+        return;
     }
-    // Dropping the file releases the lock.
-    drop(lock);
+    let _across_processes = DirLock::acquire(dir.join(".install.lock"));
+    if installed() {
+        return;
+    }
+    let subcommand = if dir.join("package-lock.json").is_file() { "ci" } else { "install" };
+    eprintln!("interop: running `npm {subcommand}` in {}", dir.display());
+    let output = Command::new("npm")
+        .args([subcommand, "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run npm ({e}): the interop tests need Node.js (20 or newer) and npm on PATH \
+                 to install bcoin into {}",
+                dir.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "`npm {subcommand}` in {} failed ({}):\n{}\n{}",
+        dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(installed(), "`npm {subcommand}` succeeded but node_modules/bcoin is missing");
+}
+
+/// A lock held by the existence of a directory; removed on drop.
+struct DirLock(PathBuf);
+
+impl DirLock {
+    fn acquire(path: PathBuf) -> DirLock {
+        let start = Instant::now();
+        loop {
+            match std::fs::create_dir(&path) {
+                Ok(()) => return DirLock(path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    assert!(
+                        start.elapsed() < INSTALL_LOCK_TIMEOUT,
+                        "{} still exists after {INSTALL_LOCK_TIMEOUT:?}: another npm install is stuck, or a \
+                         killed one left it behind (remove it)",
+                        path.display()
+                    );
+                    // Polling another process's lock; no event to wait on.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("cannot create lock directory {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// A running bcoin node. Dropping it kills the process.
@@ -96,7 +132,9 @@ impl Bcoin {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): the interop tests need Node.js (20 or newer) on PATH"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run `node` ({e}): the interop tests need Node.js (20 or newer) on PATH")
+            });
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");

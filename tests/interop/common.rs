@@ -97,7 +97,7 @@ pub fn mine(bcoin: &Bcoin, n: u32, address: &str) -> Vec<BlockHash> {
     let hashes = bcoin.rpc("generatetoaddress", json!([n, address]));
     let hashes = hashes.as_array().unwrap_or_else(|| panic!("generatetoaddress returned {hashes}"));
     assert_eq!(hashes.len(), n as usize, "generatetoaddress mined a different number of blocks");
-    hashes.iter().map(|h| parse_block_hash(h)).collect()
+    hashes.iter().map(parse_block_hash).collect()
 }
 
 /// A block hash from an RPC string value (display byte order).

@@ -1,0 +1,257 @@
+//! Interop tests against a real node: bcoin 1.0.2 (JavaScript), regtest, in
+//! memory, on loopback only. Each test starts its own node, so tests are
+//! independent and may run in parallel.
+//!
+//! They need Node.js and npm; `interop/bcoin/node_modules` is installed on
+//! first use (`npm ci`). A missing tool is a failure, never a skip.
+
+mod bcoin;
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bitcoin::block::Header;
+use bitcoin::hashes::Hash as _;
+use bitcoin::p2p::ServiceFlags;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
+use bitcoin::{BlockHash, CompactTarget};
+use peerlink::Direction;
+use peerlink::codec::Transport;
+use serde_json::json;
+
+use crate::bcoin::Bcoin;
+use crate::common::{
+    Wallet, block_at, config, connect_ready, mempool, mine, parse_block_hash, wait_message, wait_ready,
+};
+
+/// Bitcoin Core's `MAX_HEADERS_RESULTS`; bcoin sends the same at most.
+const MAX_HEADERS_RESULTS: usize = 2000;
+
+/// Regtest's `nBits` (powLimit 0x7fff..., no retargeting).
+const REGTEST_BITS: u32 = 0x207f_ffff;
+
+#[test]
+fn session_outbound_to_bcoin() {
+    let bcoin = Bcoin::start();
+    let (_handle, peer, info) = connect_ready(bcoin.p2p);
+    assert_eq!(info.peer, peer);
+    assert_eq!(info.direction, Direction::Outbound);
+    assert_eq!(info.addr, bcoin.p2p);
+    assert!(info.ready);
+    let version = info.version.as_ref().expect("Ready carries the peer's version");
+    assert!(version.user_agent.contains("bcoin"), "user agent {:?}", version.user_agent);
+    assert!(version.version >= 70001, "protocol version {}", version.version);
+    assert!(version.services.has(ServiceFlags::NETWORK), "services {}", version.services);
+    assert_eq!(info.transport, Transport::V1);
+    // bcoin speaks 70015 and has no BIP339.
+    assert!(!info.features.wtxid_relay, "features {}", info.features);
+}
+
+#[test]
+fn session_inbound_from_bcoin() {
+    let bcoin = Bcoin::start();
+    let mut config = config();
+    config.listen.push("127.0.0.1:0".parse().expect("valid address"));
+    // bcoin drops outbound peers without NETWORK, and without WITNESS since
+    // its own services include WITNESS (lib/net/peer.js, handleVersion).
+    config.session.services = ServiceFlags::NETWORK | ServiceFlags::WITNESS;
+    let handle = peerlink::start(config).expect("start listener");
+    let ours = handle.local_addrs()[0];
+    bcoin.rpc("addnode", json!([ours.to_string(), "onetry"]));
+    let (peer, info) = wait_ready(&handle, "bcoin's inbound handshake");
+    assert_eq!(info.peer, peer);
+    assert_eq!(info.direction, Direction::Inbound);
+    assert_eq!(info.addr.ip(), ours.ip());
+    assert_eq!(info.local_addr, Some(ours));
+    let version = info.version.as_ref().expect("Ready carries the peer's version");
+    assert!(version.user_agent.contains("bcoin"), "user agent {:?}", version.user_agent);
+    assert!(!info.features.wtxid_relay);
+    assert_eq!(handle.peers().expect("reactor running").len(), 1);
+}
+
+#[test]
+fn header_sync_after_mining() {
+    let bcoin = Bcoin::start();
+    let wallet = Wallet::fixed(1);
+    let mined = mine(&bcoin, 201, &wallet.address);
+    let (handle, peer, _) = connect_ready(bcoin.p2p);
+
+    let genesis = bitcoin::constants::genesis_block(bitcoin::Network::Regtest).block_hash();
+    let mut headers: Vec<Header> = Vec::new();
+    let mut tip = genesis;
+    loop {
+        let request = GetHeadersMessage::new(vec![tip], BlockHash::all_zeros());
+        handle.send(peer, NetworkMessage::GetHeaders(request)).expect("reactor running");
+        let batch = wait_message(&handle, peer, "headers", |m| match m {
+            NetworkMessage::Headers(h) => Some(h.clone()),
+            _ => None,
+        });
+        for header in &batch {
+            assert_eq!(header.prev_blockhash, tip, "header {} does not link to {tip}", headers.len() + 1);
+            assert_eq!(header.bits, CompactTarget::from_consensus(REGTEST_BITS), "regtest difficulty");
+            tip = header.validate_pow(header.target()).expect("valid proof of work");
+            headers.push(*header);
+        }
+        if batch.len() < MAX_HEADERS_RESULTS {
+            break;
+        }
+    }
+    assert_eq!(headers.len(), 201, "height of the synced chain");
+    assert_eq!(tip, parse_block_hash(&bcoin.rpc("getbestblockhash", json!([]))));
+    assert_eq!(tip, *mined.last().expect("mined 201 blocks"));
+    let hashes: Vec<BlockHash> = headers.iter().map(Header::block_hash).collect();
+    assert_eq!(hashes, mined, "synced headers are the mined blocks");
+}
+
+#[test]
+fn block_download() {
+    let bcoin = Bcoin::start();
+    let wallet = Wallet::fixed(2);
+    let mined = mine(&bcoin, 10, &wallet.address);
+    let (handle, peer, _) = connect_ready(bcoin.p2p);
+
+    let wanted: Vec<BlockHash> = vec![mined[0], mined[4], mined[9]];
+    let inventory = vec![Inventory::Block(wanted[0]), Inventory::WitnessBlock(wanted[1]), Inventory::Block(wanted[2])];
+    handle.send(peer, NetworkMessage::GetData(inventory)).expect("reactor running");
+    let mut missing: HashSet<BlockHash> = wanted.iter().copied().collect();
+    while !missing.is_empty() {
+        let block = wait_message(&handle, peer, "the requested blocks", |m| match m {
+            NetworkMessage::Block(b) => Some(b.clone()),
+            NetworkMessage::NotFound(items) => panic!("bcoin has not found {items:?}"),
+            _ => None,
+        });
+        let hash = block.block_hash();
+        assert!(missing.remove(&hash), "unrequested or duplicate block {hash}");
+        assert!(block.check_merkle_root(), "merkle root of {hash}");
+        let coinbase = block.txdata.first().expect("a block has a coinbase");
+        assert!(coinbase.is_coinbase());
+        assert!(
+            coinbase.output.iter().any(|o| o.script_pubkey == wallet.script),
+            "coinbase of {hash} does not pay to {}",
+            wallet.address
+        );
+    }
+}
+
+#[test]
+fn ping_rtt() {
+    let bcoin = Bcoin::start();
+    let (handle, peer, _) = connect_ready(bcoin.p2p);
+
+    // Not the session's nonce (it draws from a random seed), so the pong is
+    // delivered to us.
+    const NONCE: u64 = 0x7065_6572_6c69_6e6b;
+    let sent = Instant::now();
+    handle.send(peer, NetworkMessage::Ping(NONCE)).expect("reactor running");
+    wait_message(&handle, peer, "the pong to our ping", |m| matches!(m, NetworkMessage::Pong(NONCE)).then_some(()));
+    let rtt = sent.elapsed();
+    assert!(rtt < Duration::from_secs(5), "loopback RTT {rtt:?}");
+    eprintln!("ping RTT to bcoin over loopback: {rtt:?}");
+
+    let stats = handle.peer_stats(peer).expect("reactor running").expect("peer is connected");
+    assert_eq!(stats.peer, peer);
+    // The session pinged right after verack; bcoin answers in order, so its
+    // pong came before ours.
+    let session_rtt = stats.last_ping.expect("the session's ping was answered before ours");
+    assert!(stats.min_ping.is_some_and(|m| m <= session_rtt));
+    assert!(stats.bytes_in > 0 && stats.bytes_out > 0, "{stats:?}");
+    assert!(stats.msgs_in >= 3 && stats.msgs_out >= 3, "version, verack, ping/pong each way: {stats:?}");
+    assert!(stats.last_send.is_some() && stats.last_recv.is_some());
+    let command = |name: &str| {
+        stats
+            .per_command
+            .iter()
+            .find(|c| c.command == name)
+            .unwrap_or_else(|| panic!("no per-command stats for {name:?}: {:?}", stats.per_command))
+            .clone()
+    };
+    for name in ["version", "verack"] {
+        let c = command(name);
+        assert!(c.msgs_in == 1 && c.msgs_out == 1, "{name} once each way: {c:?}");
+        assert!(c.bytes_in > 24 || name == "verack", "{name} counts its payload: {c:?}");
+        assert!(c.bytes_in >= 24 && c.bytes_out >= 24, "{name} counts framing: {c:?}");
+    }
+    // Pings so far are ours (the session's and the test's); bcoin's own
+    // pings come every two minutes.
+    let ping = command("ping");
+    assert!(ping.msgs_out >= 2 && ping.bytes_out >= 2 * 32, "{ping:?}");
+    let pong = command("pong");
+    assert!(pong.msgs_in >= 2 && pong.bytes_in >= 2 * 32, "{pong:?}");
+    let sorted = stats.per_command.windows(2).all(|w| w[0].command < w[1].command);
+    assert!(sorted, "per_command is sorted by command");
+}
+
+/// A signed legacy P2PKH spend of block 1's coinbase, after mining 101
+/// blocks (coinbase maturity is 100) to `wallet`.
+fn mature_spend(bcoin: &Bcoin, wallet: &Wallet, to: &Wallet) -> bitcoin::Transaction {
+    mine(bcoin, 101, &wallet.address);
+    let block = block_at(bcoin, 1);
+    let coinbase = &block.txdata[0];
+    wallet.spend(coinbase, 0, &to.script)
+}
+
+#[test]
+fn broadcast_tx_reaches_mempool() {
+    let bcoin = Bcoin::start();
+    let wallet = Wallet::fixed(3);
+    let tx = mature_spend(&bcoin, &wallet, &Wallet::fixed(4));
+    let txid = tx.compute_txid();
+
+    let outcomes = peerlink::broadcast::broadcast(config(), &tx, &[bcoin.p2p], Duration::from_secs(30))
+        .expect("start broadcast reactor");
+    assert_eq!(outcomes.len(), 1);
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.addr, bcoin.p2p);
+    let delivered = outcome.result.as_ref().unwrap_or_else(|e| panic!("broadcast to bcoin failed: {e}"));
+    assert!(delivered.user_agent.contains("bcoin"), "{delivered:?}");
+    assert!(!delivered.by_wtxid, "bcoin has no wtxidrelay");
+
+    let pool = mempool(&bcoin);
+    assert!(pool.contains(&txid.to_string()), "{txid} not in bcoin's mempool {pool:?}");
+}
+
+/// `cargo run --quiet --example NAME -- ARGS` in this package; returns
+/// (success, stdout, stderr).
+fn run_example(name: &str, args: &[&str]) -> (bool, String, String) {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let output = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--manifest-path", manifest, "--example", name, "--"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    eprintln!("example {name} ({}):\n--- stdout\n{stdout}--- stderr\n{stderr}", output.status);
+    (output.status.success(), stdout, stderr)
+}
+
+#[test]
+fn broadcast_tx_example() {
+    let bcoin = Bcoin::start();
+    let wallet = Wallet::fixed(5);
+    let tx = mature_spend(&bcoin, &wallet, &Wallet::fixed(6));
+    let txid = tx.compute_txid().to_string();
+    let hex = bitcoin::consensus::encode::serialize_hex(&tx);
+    let peer = bcoin.p2p.to_string();
+
+    let (ok, stdout, stderr) = run_example("broadcast_tx", &["--network", "regtest", "--peer", &peer, &hex]);
+    assert!(ok, "broadcast_tx failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(&txid), "output lacks the txid {txid}:\n{stdout}");
+    let pool = mempool(&bcoin);
+    assert!(pool.contains(&txid), "{txid} not in bcoin's mempool {pool:?}");
+}
+
+#[test]
+fn handshake_example() {
+    let bcoin = Bcoin::start();
+    let peer = bcoin.p2p.to_string();
+
+    let (ok, stdout, stderr) = run_example("handshake", &[&peer, "--network", "regtest"]);
+    assert!(ok, "handshake failed:\n{stdout}\n{stderr}");
+    for needle in ["bcoin", "height=", "rtt"] {
+        assert!(stdout.contains(needle), "output lacks {needle:?}:\n{stdout}");
+    }
+}
