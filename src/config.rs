@@ -22,6 +22,9 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `TIMEOUT_INTERVAL` (src/net.h), 20 minutes, is its inactivity limit.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
+/// Default per-peer cap on messages on their way to the reactor.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+
 /// Default capacity of the event channel, in events.
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
 
@@ -67,6 +70,10 @@ pub struct Config {
     pub event_capacity: usize,
     /// Bytes read and written per peer per round. Default 256 KiB.
     pub io_budget: usize,
+    /// Messages per peer accepted by [`Handle::send`](crate::Handle::send)
+    /// but not yet taken by the reactor; more are refused until the reactor
+    /// catches up, which bounds the command queue. Default 4096.
+    pub max_in_flight: usize,
     /// Session or raw mode (built-in Bitcoin codec only). Default session.
     pub mode: Mode,
     /// Session options (session mode only).
@@ -89,6 +96,7 @@ impl Config {
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             io_budget: DEFAULT_IO_BUDGET,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             mode: Mode::Session,
             session: SessionConfig::default(),
             start_height: 0,

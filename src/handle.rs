@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -85,22 +85,44 @@ pub(crate) enum Query {
     Stats(PeerId, Sender<Option<PeerStats>>),
 }
 
-/// Per-peer send gate, shared by the handles and the reactor. The reactor
-/// closes it when the peer's send buffer exceeds the limit and opens it when
-/// the buffer drains below half; [`Handle::send`] refuses messages while it
-/// is closed, synchronously, so refused messages never overtake accepted ones.
-#[derive(Debug, Default)]
+/// Per-peer send gate, shared by the handles and the reactor.
+///
+/// It is closed while the peer's send buffer is over its limit (`full`, set
+/// by the reactor) or while too many messages are on their way to the
+/// reactor (`in_flight`, counted up by [`Handle::send`] and down by the
+/// reactor). [`Handle::send`] refuses messages while it is closed,
+/// synchronously, so refused messages never overtake accepted ones, and the
+/// memory a peer's queue can take stays bounded.
+#[derive(Debug)]
 pub(crate) struct Gate {
     pub(crate) full: AtomicBool,
-    /// A send was refused while full: report `Writable` when it opens.
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) max_in_flight: usize,
+    /// A send was refused: report `Writable` when the gate reopens.
     pub(crate) refused: AtomicBool,
 }
 
 impl Gate {
-    /// Opens the gate; true if a refused sender must be told.
-    pub(crate) fn open(&self) -> bool {
-        self.full.store(false, Ordering::SeqCst);
-        self.refused.swap(false, Ordering::SeqCst)
+    pub(crate) fn new(max_in_flight: usize) -> Self {
+        Gate {
+            full: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: max_in_flight.max(2),
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    fn closed(&self) -> bool {
+        self.full.load(Ordering::SeqCst) || self.in_flight.load(Ordering::SeqCst) >= self.max_in_flight
+    }
+
+    /// Reactor side, after the buffer drained or a command was taken: true
+    /// (once) if a refused sender must now be told it may send again.
+    pub(crate) fn reopened(&self) -> bool {
+        self.refused.load(Ordering::SeqCst)
+            && !self.full.load(Ordering::SeqCst)
+            && self.in_flight.load(Ordering::SeqCst) <= self.max_in_flight / 2
+            && self.refused.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -117,6 +139,7 @@ pub(crate) struct Shared {
     pub(crate) start_height: AtomicI32,
     /// Send gates of live peers.
     pub(crate) gates: RwLock<HashMap<PeerId, Arc<Gate>>>,
+    pub(crate) max_in_flight: usize,
     /// Async receivers waiting for an event (feature `async`).
     pub(crate) async_waiting: AtomicBool,
     pub(crate) async_wakers: Mutex<Vec<std::task::Waker>>,
@@ -139,7 +162,7 @@ impl Shared {
 
     pub(crate) fn allocate_peer(&self) -> (PeerId, Arc<Gate>) {
         let peer = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
-        let gate = Arc::new(Gate::default());
+        let gate = Arc::new(Gate::new(self.max_in_flight));
         self.gates.write().unwrap_or_else(|e| e.into_inner()).insert(peer, Arc::clone(&gate));
         (peer, gate)
     }
@@ -253,8 +276,10 @@ impl<C: Codec> Handle<C> {
     ///
     /// Refused at once, with the message handed back, when the peer's send
     /// buffer is above [`Config::send_buffer_limit`](crate::Config::send_buffer_limit)
-    /// ([`Refusal::BufferFull`]; [`Event::Writable`] follows when it drains to
-    /// half), when the peer is unknown or gone, or when the reactor stopped.
+    /// or [`Config::max_in_flight`](crate::Config::max_in_flight) messages
+    /// are still on their way to the reactor ([`Refusal::BufferFull`];
+    /// [`Event::Writable`] follows when both have dropped to half), when the
+    /// peer is unknown or gone, or when the reactor stopped.
     /// Because refusal is synchronous, a sender that holds refused messages
     /// and sends them first once writable keeps the peer's stream in order.
     /// A peer that disconnects while the message is in flight hands it back
@@ -266,15 +291,16 @@ impl<C: Codec> Handle<C> {
             let Some(gate) = gates.get(&peer) else {
                 return Err(Refused { message, reason: Refusal::UnknownPeer });
             };
-            if gate.full.load(Ordering::Acquire) {
+            if gate.closed() {
                 // Flag first, then re-check: if the reactor opened the gate in
                 // between it will report Writable (spuriously, harmlessly);
                 // otherwise it sees the flag when it opens the gate.
                 gate.refused.store(true, Ordering::SeqCst);
-                if gate.full.load(Ordering::SeqCst) {
+                if gate.closed() {
                     return Err(Refused { message, reason: Refusal::BufferFull });
                 }
             }
+            gate.in_flight.fetch_add(1, Ordering::SeqCst);
         }
         match self.inner.commands.send(Cmd::Send { peer, message }) {
             Ok(()) => {

@@ -40,6 +40,34 @@ const COMMAND_BUDGET: usize = 4096;
 /// Buffers at most this large are kept when they empty; larger ones are freed
 /// so that idle peers cost little memory.
 const KEEP_BUFFER: usize = 4 * 1024;
+/// Large buffers freed by idle peers are kept for reuse, up to this many, so
+/// that a busy peer does not reallocate (and fault in) a buffer per frame.
+const POOL_BUFFERS: usize = 8;
+
+/// A small stack of spare buffers shared by all connections.
+#[derive(Default)]
+struct Pool(Vec<Vec<u8>>);
+
+impl Pool {
+    /// Returns `buf`'s allocation to the pool (or frees it) and leaves `buf`
+    /// empty without capacity.
+    fn put(&mut self, buf: &mut Vec<u8>) {
+        let mut b = std::mem::take(buf);
+        if self.0.len() < POOL_BUFFERS {
+            b.clear();
+            self.0.push(b);
+        }
+    }
+
+    /// Gives `buf` a pooled allocation if it has none.
+    fn fill(&mut self, buf: &mut Vec<u8>) {
+        if buf.capacity() == 0
+            && let Some(b) = self.0.pop()
+        {
+            *buf = b;
+        }
+    }
+}
 
 const WAKER: Token = Token(usize::MAX);
 const fn listener_token(i: usize) -> Token {
@@ -111,6 +139,7 @@ pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
         next_peer: AtomicU64::new(1),
         start_height: AtomicI32::new(config.start_height),
         gates: Default::default(),
+        max_in_flight: config.max_in_flight,
         async_waiting: AtomicBool::new(false),
         async_wakers: Default::default(),
     });
@@ -133,6 +162,7 @@ pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
         timers: BinaryHeap::new(),
         now: Instant::now(),
         config,
+        pool: Pool::default(),
     };
     let thread = std::thread::Builder::new()
         .name("peerlink-reactor".into())
@@ -158,6 +188,7 @@ struct Reactor<C: Codec, P: Protocol<Message = C::Message>> {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     now: Instant,
     config: Config,
+    pool: Pool,
 }
 
 impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
@@ -482,6 +513,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::UnknownPeer });
             return;
         };
+        conn.gate.in_flight.fetch_sub(1, Ordering::SeqCst);
         if conn.closing {
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::Closing });
             return;
@@ -491,6 +523,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             conn.tx.drain(..conn.tx_pos);
             conn.tx_pos = 0;
         }
+        self.pool.fill(&mut conn.tx);
         let before = conn.tx.len();
         if let Err(e) = conn.codec.encode(&message, &mut conn.tx) {
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::Encode(e) });
@@ -500,6 +533,8 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         self.protocol.sent(&mut conn.proto, &message, conn.tx.len() - before);
         if conn.queued() > limit {
             conn.gate.full.store(true, Ordering::SeqCst);
+        } else if conn.gate.reopened() {
+            self.out.emit(Event::Writable { peer });
         }
         if queued == 0 {
             conn.tx_progress = self.now;
@@ -599,7 +634,10 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                             &scratch[..n],
                             self.now,
                         )?;
-                        conn.rx.extend_from_slice(&scratch[used..n]);
+                        if used < n {
+                            self.pool.fill(&mut conn.rx);
+                            conn.rx.extend_from_slice(&scratch[used..n]);
+                        }
                     }
                     // Otherwise the bytes were appended to `rx` and are
                     // decoded at the top of the loop.
@@ -626,7 +664,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             conn.frame_started = None;
             conn.rx_frame_len = None;
             if conn.rx.capacity() > KEEP_BUFFER {
-                conn.rx = Vec::new();
+                self.pool.put(&mut conn.rx);
             }
         } else if conn.frame_started.is_none() {
             conn.frame_started = Some(self.now);
@@ -692,7 +730,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             conn.tx.clear();
             conn.tx_pos = 0;
             if conn.tx.capacity() > KEEP_BUFFER {
-                conn.tx = Vec::new();
+                self.pool.put(&mut conn.tx);
             }
             if conn.closing {
                 let _ = conn.stream.shutdown(Shutdown::Write);
@@ -700,9 +738,12 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                 return Ok(false);
             }
         }
-        if conn.queued() <= limit / 2 && conn.gate.full.load(Ordering::Relaxed) && conn.gate.open() {
-            let peer = conn.id;
-            self.out.emit(Event::Writable { peer });
+        if conn.queued() <= limit / 2 {
+            conn.gate.full.store(false, Ordering::SeqCst);
+            if conn.gate.reopened() {
+                let peer = conn.id;
+                self.out.emit(Event::Writable { peer });
+            }
         }
         Ok(again)
     }

@@ -102,6 +102,13 @@ pub fn encode(message: &NetworkMessage, out: &mut Vec<u8>) {
 
 /// The wire command bytes of `message`, validated.
 pub fn command_bytes(message: &NetworkMessage) -> Result<[u8; 12], WireError> {
+    if !matches!(message, NetworkMessage::Unknown { .. }) {
+        // rust-bitcoin's own names: short, printable ASCII.
+        let s = message.cmd().as_bytes();
+        let mut raw = [0u8; 12];
+        raw[..s.len()].copy_from_slice(s);
+        return Ok(raw);
+    }
     let command = message.command();
     let s = command.as_ref().as_bytes();
     let mut raw = [0u8; 12];

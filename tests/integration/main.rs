@@ -3,7 +3,10 @@
 //! matters when the test fails).
 
 mod asynchronous;
+mod cbf;
 mod common;
+#[path = "../support/filter_server.rs"]
+mod filter_server;
 mod generic_codec;
 mod hostile;
 mod reactor;

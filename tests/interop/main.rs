@@ -7,6 +7,8 @@
 
 mod bcoin;
 mod common;
+#[path = "../support/filter_server.rs"]
+mod filter_server;
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -254,4 +256,86 @@ fn handshake_example() {
     for needle in ["bcoin", "height=", "rtt"] {
         assert!(stdout.contains(needle), "output lacks {needle:?}:\n{stdout}");
     }
+}
+
+/// Every block of bcoin's best chain, genesis first, downloaded with
+/// `getheaders` and `getdata` (witness blocks).
+fn download_chain(bcoin: &Bcoin) -> Vec<bitcoin::Block> {
+    let (handle, peer, _) = connect_ready(bcoin.p2p);
+    let genesis = bitcoin::constants::genesis_block(bitcoin::Network::Regtest).block_hash();
+    let mut hashes = vec![genesis];
+    loop {
+        let tip = *hashes.last().expect("genesis at least");
+        let request = GetHeadersMessage::new(vec![tip], BlockHash::all_zeros());
+        handle.send(peer, NetworkMessage::GetHeaders(request)).expect("reactor running");
+        let batch = wait_message(&handle, peer, "headers", |m| match m {
+            NetworkMessage::Headers(h) => Some(h.clone()),
+            _ => None,
+        });
+        for header in &batch {
+            assert_eq!(header.prev_blockhash, *hashes.last().expect("non-empty"), "headers link");
+            hashes.push(header.block_hash());
+        }
+        if batch.len() < MAX_HEADERS_RESULTS {
+            break;
+        }
+    }
+    let inventory = hashes.iter().map(|h| Inventory::WitnessBlock(*h)).collect();
+    handle.send(peer, NetworkMessage::GetData(inventory)).expect("reactor running");
+    let mut blocks: std::collections::HashMap<BlockHash, bitcoin::Block> = std::collections::HashMap::new();
+    while blocks.len() < hashes.len() {
+        let block = wait_message(&handle, peer, "the chain's blocks", |m| match m {
+            NetworkMessage::Block(b) => Some(b.clone()),
+            NetworkMessage::NotFound(items) => panic!("bcoin has not found {items:?}"),
+            _ => None,
+        });
+        assert!(block.check_merkle_root(), "merkle root of {}", block.block_hash());
+        blocks.insert(block.block_hash(), block);
+    }
+    hashes.iter().map(|h| blocks.remove(h).unwrap_or_else(|| panic!("block {h} was not sent"))).collect()
+}
+
+#[test]
+fn cbf_client_against_filters_from_real_bcoin_blocks() {
+    let bcoin = Bcoin::start();
+    let wallet = Wallet::fixed(7);
+    let paid = mine(&bcoin, 110, &wallet.address);
+    // Spend block 1's coinbase (mature) to someone else and mine it into a
+    // block that does not pay us: that block involves our script only through
+    // the spent output.
+    let coinbase = &block_at(&bcoin, 1).txdata[0];
+    let tx = wallet.spend(coinbase, 0, &Wallet::fixed(8).script);
+    let txid = tx.compute_txid();
+    let outcomes = peerlink::broadcast::broadcast(config(), &tx, &[bcoin.p2p], Duration::from_secs(30))
+        .expect("start broadcast reactor");
+    if let Err(e) = &outcomes[0].result {
+        panic!("broadcast to bcoin failed: {e}");
+    }
+    assert!(mempool(&bcoin).contains(&txid.to_string()), "{txid} not in bcoin's mempool");
+    let spent_in = mine(&bcoin, 1, &Wallet::fixed(9).address)[0];
+
+    let blocks = download_chain(&bcoin);
+    let tip = blocks.len() - 1;
+    assert_eq!(tip, 111);
+    assert_eq!(blocks[0].block_hash(), bitcoin::constants::genesis_block(bitcoin::Network::Regtest).block_hash());
+    assert_eq!(blocks[1..=110].iter().map(|b| b.block_hash()).collect::<Vec<_>>(), paid);
+    assert_eq!(blocks[111].block_hash(), spent_in);
+    assert!(blocks[111].txdata.iter().any(|t| t.compute_txid() == txid), "the spend is in block 111");
+    assert!(blocks[111].txdata[0].output.iter().all(|o| o.script_pubkey != wallet.script));
+
+    let (server, addr) = filter_server::FilterServer::start(bitcoin::Network::Regtest, blocks);
+    let (peer, script) = (addr.to_string(), wallet.script.to_hex_string());
+    let (ok, stdout, stderr) =
+        run_example("cbf_client", &["--network", "regtest", "--peer", &peer, "--script", &script]);
+    assert!(ok, "cbf_client failed:\n{stdout}\n{stderr}");
+    let matched: HashSet<usize> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("match height="))
+        .map(|rest| rest.split_whitespace().next().and_then(|h| h.parse().ok()).expect("a height"))
+        .collect();
+    for height in 1..=tip {
+        assert!(matched.contains(&height), "block {height} involves our script but did not match:\n{stdout}");
+    }
+    assert_eq!(stdout.lines().last(), Some(format!("synced tip={tip} filters={}", tip + 1).as_str()));
+    assert_eq!(server.ignored(), 0);
 }
