@@ -21,7 +21,7 @@ pub(super) enum State {
     Open,
 }
 
-pub(super) struct Conn<C, P> {
+pub(super) struct Conn<C: Codec, P> {
     pub(super) id: PeerId,
     pub(super) stream: TcpStream,
     pub(super) codec: C,
@@ -50,6 +50,8 @@ pub(super) struct Conn<C, P> {
     pub(super) in_write_queue: bool,
     /// The send gate shared with the handles.
     pub(super) gate: Arc<Gate>,
+    /// User messages that arrived while the send buffer was over its limit.
+    pub(super) held: VecDeque<C::Message>,
     pub(super) connected_at: Instant,
     pub(super) last_send: Option<Instant>,
     pub(super) last_recv: Option<Instant>,
@@ -95,6 +97,7 @@ impl<C: Codec, P> Conn<C, P> {
             in_read_queue: false,
             in_write_queue: false,
             gate,
+            held: VecDeque::new(),
             connected_at: now,
             last_send: None,
             last_recv: None,

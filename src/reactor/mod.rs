@@ -473,7 +473,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             Disconnect::Now => self.close(peer.0, DisconnectReason::Requested),
             Disconnect::AfterFlush => {
                 if let Some(conn) = self.conns.get_mut(&peer.0) {
-                    if conn.queued() == 0 && conn.state == State::Open {
+                    if conn.queued() == 0 && conn.held.is_empty() && conn.state == State::Open {
                         self.close(peer.0, DisconnectReason::Flushed);
                     } else {
                         conn.closing = true;
@@ -513,11 +513,25 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::UnknownPeer });
             return;
         };
-        conn.gate.in_flight.fetch_sub(1, Ordering::SeqCst);
         if conn.closing {
+            conn.gate.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::Closing });
             return;
         }
+        if conn.queued() > limit || !conn.held.is_empty() {
+            // Over the limit: hold the message, in order, until the buffer
+            // drains. The in-flight cap bounds how many can wait here.
+            conn.held.push_back(message);
+            return;
+        }
+        self.encode_user(peer, message);
+    }
+
+    /// Encodes one user message into the peer's send buffer.
+    fn encode_user(&mut self, peer: PeerId, message: C::Message) {
+        let limit = self.config.send_buffer_limit;
+        let Some(conn) = self.conns.get_mut(&peer.0) else { return };
+        conn.gate.in_flight.fetch_sub(1, Ordering::SeqCst);
         let queued = conn.queued();
         if conn.tx_pos > 0 && conn.tx_pos >= conn.tx.len() / 2 {
             conn.tx.drain(..conn.tx_pos);
@@ -725,6 +739,20 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                 Err(e) => return Err(DisconnectReason::Io(e)),
             }
         }
+        // Room again: encode held messages, in order.
+        let peer = conn.id;
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else { return Ok(false) };
+            if conn.queued() > limit {
+                break;
+            }
+            let Some(message) = conn.held.pop_front() else { break };
+            self.encode_user(peer, message);
+        }
+        let Some(conn) = self.conns.get_mut(&id) else { return Ok(false) };
+        if conn.writable && conn.queued() > 0 {
+            again = true;
+        }
         conn.in_write_queue = again;
         if conn.queued() == 0 {
             conn.tx.clear();
@@ -732,7 +760,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             if conn.tx.capacity() > KEEP_BUFFER {
                 self.pool.put(&mut conn.tx);
             }
-            if conn.closing {
+            if conn.closing && conn.held.is_empty() {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 self.close(id, DisconnectReason::Flushed);
                 return Ok(false);
