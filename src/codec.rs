@@ -43,6 +43,23 @@
 
 use std::error::Error;
 
+/// What [`Codec::start`] is told about the new connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Start {
+    /// We opened the connection.
+    pub outbound: bool,
+    /// 32 bytes from a cryptographically secure generator, for handshakes.
+    pub entropy: [u8; 32],
+}
+
+impl Start {
+    /// A start context (for tests and custom drivers).
+    pub fn new(outbound: bool, entropy: [u8; 32]) -> Self {
+        Start { outbound, entropy }
+    }
+}
+
 /// What one call to [`Codec::decode`] produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<M> {
@@ -82,8 +99,29 @@ pub trait Codec: Clone + Send + 'static {
 
     /// Called once when the connection opens, before any other method. Bytes
     /// appended to `out` are sent first (a handshake, for example).
-    fn start(&mut self, _outbound: bool, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
+    fn start(&mut self, _start: &Start, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
         Ok(())
+    }
+
+    /// Whether the transport handshake (if any) is complete. The reactor
+    /// announces raw-mode peers only once it is.
+    fn is_established(&self) -> bool {
+        true
+    }
+
+    /// For an outbound connection that ended having received nothing after
+    /// sending at least 24 bytes: a codec to retry the same peer with (the
+    /// BIP324 v1 fallback). The reactor reconnects silently and remembers
+    /// the peer. Default: none.
+    fn fallback(&self) -> Option<Self> {
+        None
+    }
+
+    /// Whether the codec itself found that the peer cannot speak this
+    /// transport (for BIP324: a v1 node that spoke first). The reactor then
+    /// uses [`fallback`](Codec::fallback) even though bytes were received.
+    fn needs_fallback(&self) -> bool {
+        false
     }
 
     /// Decodes at most one message from the front of `input`. Bytes appended

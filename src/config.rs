@@ -6,6 +6,7 @@ use std::time::Duration;
 use bitcoin::p2p::Magic;
 
 use crate::session::{Mode, SessionConfig};
+use crate::wire::TransportPolicy;
 use crate::wire::v1::MAX_PROTOCOL_MESSAGE_LENGTH;
 
 /// Bitcoin Core's `-maxsendbuffer` default (src/net.h): 1,000 KB per peer.
@@ -76,6 +77,9 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Session or raw mode (built-in Bitcoin codec only). Default session.
     pub mode: Mode,
+    /// v1, BIP324 v2, or v2 with Core's v1 fallback (built-in Bitcoin codec
+    /// only). Default v2-preferred, like Bitcoin Core since 27.0.
+    pub transport: TransportPolicy,
     /// Session options (session mode only).
     pub session: SessionConfig,
     /// Best-chain height announced in `version`; update it at runtime with
@@ -98,6 +102,7 @@ impl Config {
             io_budget: DEFAULT_IO_BUDGET,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             mode: Mode::Session,
+            transport: TransportPolicy::V2Preferred,
             session: SessionConfig::default(),
             start_height: 0,
         }

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crate::codec::Codec;
 use crate::event::{Event, PeerId};
 use crate::peer::{PeerInfo, PeerStats};
-use crate::wire::V1Codec;
+use crate::wire::BitcoinCodec;
 
 /// How to end a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +220,7 @@ impl<M> Drop for Inner<M> {
 ///
 /// Sending never blocks and never makes a syscall while the reactor is busy;
 /// it wakes the reactor only when it may be asleep.
-pub struct Handle<C: Codec = V1Codec> {
+pub struct Handle<C: Codec = BitcoinCodec> {
     inner: Arc<Inner<C::Message>>,
     events: Receiver<Event<C::Message, C::Error>>,
 }

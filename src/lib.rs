@@ -67,6 +67,7 @@ pub mod handle;
 pub mod peer;
 mod protocol;
 mod reactor;
+mod rng;
 pub mod session;
 pub mod wire;
 
@@ -81,24 +82,9 @@ pub use session::{Mode, SessionConfig, SessionError};
 /// Starts a reactor that speaks the Bitcoin wire format on `config.magic`'s
 /// network, in `config.mode` (session mode by default).
 pub fn start(config: Config) -> Result<Handle, StartError> {
-    let codec = wire::V1Codec::new(config.magic).with_max_payload(config.max_message_len);
+    let codec = wire::BitcoinCodec::new(config.magic, config.transport, config.max_message_len);
     let mode = config.mode;
     let session = config.session.clone();
-    let seed = random_seed();
+    let seed = rng::Rng::from_os().u64();
     reactor::spawn(config, codec, move |shared| protocol::Bitcoin::new(mode, session, shared.clone(), seed))
-}
-
-/// 64 bits from the operating system's random source, for version and ping
-/// nonces.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut seed = [0u8; 8];
-    let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
-    if from_os.is_ok() {
-        return u64::from_le_bytes(seed);
-    }
-    // std seeds RandomState from the OS on every platform it supports.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    h.finish()
 }

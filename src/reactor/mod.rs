@@ -22,7 +22,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use self::conn::{Conn, Outbox, State, decode_all};
-use crate::codec::Codec;
+use crate::codec::{Codec, Start};
 use crate::config::Config;
 use crate::error::StartError;
 use crate::event::{ConnectError, Direction, DisconnectReason, Event, PeerId, SendError};
@@ -43,6 +43,34 @@ const KEEP_BUFFER: usize = 4 * 1024;
 /// Large buffers freed by idle peers are kept for reuse, up to this many, so
 /// that a busy peer does not reallocate (and fault in) a buffer per frame.
 const POOL_BUFFERS: usize = 8;
+
+/// Addresses of peers that answered a v2 handshake with silence; the next
+/// connection to them goes straight to v1. Bounded, oldest evicted first.
+#[derive(Default)]
+struct V1Cache {
+    set: std::collections::HashSet<SocketAddr>,
+    order: VecDeque<SocketAddr>,
+}
+
+/// Entries in the v1-only peer cache.
+const V1_CACHE_LEN: usize = 1024;
+
+impl V1Cache {
+    fn contains(&self, addr: &SocketAddr) -> bool {
+        self.set.contains(addr)
+    }
+
+    fn insert(&mut self, addr: SocketAddr) {
+        if self.set.insert(addr) {
+            self.order.push_back(addr);
+            if self.order.len() > V1_CACHE_LEN
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
 
 /// A small stack of spare buffers shared by all connections.
 #[derive(Default)]
@@ -163,6 +191,8 @@ pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
         now: Instant::now(),
         config,
         pool: Pool::default(),
+        rng: crate::rng::Rng::from_os(),
+        v1_peers: V1Cache::default(),
     };
     let thread = std::thread::Builder::new()
         .name("peerlink-reactor".into())
@@ -189,6 +219,9 @@ struct Reactor<C: Codec, P: Protocol<Message = C::Message>> {
     now: Instant,
     config: Config,
     pool: Pool,
+    rng: crate::rng::Rng,
+    /// Peers that only speak v1 (BIP324 fallback), bounded.
+    v1_peers: V1Cache,
 }
 
 impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
@@ -309,13 +342,8 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             conn.in_write_queue = true;
             self.write_queue.push_back(id);
         }
-        let flushed = conn.closing && conn.queued() == 0;
-        if self.protocol.announce_on_connect() {
-            conn.announced = true;
-            let remote = conn.addr;
-            let peer = conn.id;
-            self.out.emit(Event::Connected { peer, direction: Direction::Outbound, local, remote });
-        }
+        let flushed = conn.closing && conn.queued() == 0 && conn.held.is_empty();
+        self.maybe_announce(id);
         if flushed {
             self.close(id, DisconnectReason::Flushed);
         }
@@ -347,20 +375,19 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                         continue;
                     }
                     let local = stream.local_addr().ok();
-                    if let Err(e) = self.insert_conn(id, stream, Direction::Inbound, remote, State::Open, gate) {
+                    let codec = self.codec.clone();
+                    let held = VecDeque::new();
+                    if let Err(e) =
+                        self.insert_conn(id, stream, Direction::Inbound, remote, State::Open, gate, codec, held)
+                    {
                         log::debug!("cannot start connection from {remote}: {}", DisplayReason(&e));
                         self.shared.remove_gate(id);
                         continue;
                     }
-                    let announce = self.protocol.announce_on_connect();
                     if let Some(conn) = self.conns.get_mut(&id.0) {
                         conn.local = local;
-                        if announce {
-                            conn.announced = true;
-                            let local = local.unwrap_or(remote);
-                            self.out.emit(Event::Connected { peer: id, direction: Direction::Inbound, local, remote });
-                        }
                     }
+                    self.maybe_announce(id.0);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.listeners[i].pending = false;
@@ -383,6 +410,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         }
     }
 
+    #[allow(clippy::too_many_arguments, reason = "every argument is one field of the new connection")]
     fn insert_conn(
         &mut self,
         id: PeerId,
@@ -391,13 +419,16 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         addr: SocketAddr,
         state: State,
         gate: Arc<crate::handle::Gate>,
+        mut codec: C,
+        held: VecDeque<C::Message>,
     ) -> Result<(), DisconnectReason<C::Error>> {
-        let mut codec = self.codec.clone();
         let mut tx = Vec::new();
-        codec.start(direction == Direction::Outbound, &mut tx).map_err(DisconnectReason::Codec)?;
+        let start = Start::new(direction == Direction::Outbound, self.rng.bytes32());
+        codec.start(&start, &mut tx).map_err(DisconnectReason::Codec)?;
         let proto = self.protocol.open(&Link { direction, remote: addr }, self.now, &mut self.proto_out);
         let mut conn = Conn::new(id, stream, codec, proto, state, direction, addr, gate, self.now);
         conn.tx = tx;
+        conn.held = held;
         if let Err(e) = conn.queue_protocol(&mut self.protocol, &mut self.proto_out) {
             self.protocol.closed(&conn.proto);
             return Err(e);
@@ -420,6 +451,36 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         Ok(())
     }
 
+    /// Announces a raw-mode peer once its transport is established.
+    fn maybe_announce(&mut self, id: u64) {
+        if !self.protocol.announce_on_connect() {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.announced || conn.state != State::Open || !conn.codec.is_established() {
+            return;
+        }
+        conn.announced = true;
+        let (peer, direction, remote) = (conn.id, conn.direction, conn.addr);
+        let local = conn.local.unwrap_or(remote);
+        self.out.emit(Event::Connected { peer, direction, local, remote });
+        self.flush_held(id);
+    }
+
+    /// Encodes held user messages, in order, while there is room.
+    fn flush_held(&mut self, id: u64) {
+        let limit = self.config.send_buffer_limit;
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else { return };
+            if !conn.announced || conn.queued() > limit {
+                return;
+            }
+            let Some(message) = conn.held.pop_front() else { return };
+            let peer = conn.id;
+            self.encode_user(peer, message);
+        }
+    }
+
     /// Makes sure a timer is pending for the protocol layer's next deadline.
     fn schedule_proto(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
@@ -434,7 +495,13 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         for _ in 0..COMMAND_BUDGET {
             match self.cmd_rx.try_recv() {
                 Ok(Cmd::Send { peer, message }) => self.send(peer, message),
-                Ok(Cmd::Connect { peer, addr, gate }) => self.connect(peer, addr, gate),
+                Ok(Cmd::Connect { peer, addr, gate }) => {
+                    let codec = match self.v1_peers.contains(&addr) {
+                        true => self.codec.fallback().unwrap_or_else(|| self.codec.clone()),
+                        false => self.codec.clone(),
+                    };
+                    self.connect(peer, addr, gate, codec, VecDeque::new())
+                }
                 Ok(Cmd::Disconnect { peer, mode }) => self.disconnect(peer, mode),
                 Ok(Cmd::Query(query)) => self.answer(query),
                 Err(TryRecvError::Empty) => return,
@@ -483,7 +550,14 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         }
     }
 
-    fn connect(&mut self, peer: PeerId, addr: SocketAddr, gate: Arc<crate::handle::Gate>) {
+    fn connect(
+        &mut self,
+        peer: PeerId,
+        addr: SocketAddr,
+        gate: Arc<crate::handle::Gate>,
+        codec: C,
+        held: VecDeque<C::Message>,
+    ) {
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
@@ -498,7 +572,8 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(e) });
             return;
         }
-        if let Err(e) = self.insert_conn(peer, stream, Direction::Outbound, addr, State::Connecting, gate) {
+        if let Err(e) = self.insert_conn(peer, stream, Direction::Outbound, addr, State::Connecting, gate, codec, held)
+        {
             self.shared.remove_gate(peer);
             let error = io::Error::other(format!("cannot start connection: {}", DisplayReason(&e)));
             self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(error) });
@@ -518,9 +593,10 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.out.emit(Event::SendRejected { peer, message, reason: SendError::Closing });
             return;
         }
-        if conn.queued() > limit || !conn.held.is_empty() {
-            // Over the limit: hold the message, in order, until the buffer
-            // drains. The in-flight cap bounds how many can wait here.
+        if conn.queued() > limit || !conn.held.is_empty() || !conn.announced {
+            // Over the limit, or the peer is not announced yet (a transport
+            // or session handshake is running): hold the message, in order.
+            // The in-flight cap bounds how many can wait here.
             conn.held.push_back(message);
             return;
         }
@@ -673,6 +749,8 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
     /// Housekeeping after reading: frame timer, buffer release, protocol
     /// timer, and writing whatever the codec or protocol queued.
     fn after_read(&mut self, id: u64) {
+        self.maybe_announce(id);
+        self.flush_held(id);
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.rx.is_empty() {
             conn.frame_started = None;
@@ -743,7 +821,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         let peer = conn.id;
         loop {
             let Some(conn) = self.conns.get_mut(&id) else { return Ok(false) };
-            if conn.queued() > limit {
+            if conn.queued() > limit || !conn.announced {
                 break;
             }
             let Some(message) = conn.held.pop_front() else { break };
@@ -860,6 +938,25 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             return;
         }
         let Some(mut conn) = self.conns.remove(&id) else { return };
+        // BIP324 fallback, as Core's ShouldReconnectV1: we initiated, got
+        // nothing back, and sent at least a v1 header's worth.
+        // Also when the codec saw the peer answer in v1 (a v1 node that
+        // speaks first; Core never meets one, as it tries v2 only with peers
+        // that advertise NODE_P2P_V2).
+        let silent =
+            matches!(reason, DisconnectReason::PeerClosed | DisconnectReason::Io(_) | DisconnectReason::Session(_))
+                && conn.bytes_in == 0
+                && conn.bytes_out >= 24;
+        let retry = conn.direction == Direction::Outbound && (silent || conn.codec.needs_fallback());
+        if let Some(codec) = retry.then(|| conn.codec.fallback()).flatten() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.protocol.closed(&conn.proto);
+            log::debug!("peer {} at {} sent nothing back to v2: retrying as v1", conn.id, conn.addr);
+            self.v1_peers.insert(conn.addr);
+            let held = std::mem::take(&mut conn.held);
+            self.connect(conn.id, conn.addr, Arc::clone(&conn.gate), codec, held);
+            return;
+        }
         self.shared.remove_gate(conn.id);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.protocol.closed(&conn.proto);

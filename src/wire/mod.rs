@@ -11,8 +11,133 @@ use bitcoin::p2p::Magic;
 
 pub mod payload;
 pub mod v1;
+pub mod v2;
 
 pub use v1::V1Codec;
+pub use v2::V2Codec;
+
+use crate::codec::{Codec, Decoded, Start, Transport};
+use bitcoin::p2p::message::NetworkMessage;
+
+/// Which transport outbound connections use, and what inbound accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportPolicy {
+    /// BIP324 only: outbound connections never fall back, inbound v1 peers
+    /// are refused.
+    V2Only,
+    /// BIP324 first; an outbound connection that gets nothing back is retried
+    /// as v1 exactly as Bitcoin Core does, and inbound accepts both.
+    #[default]
+    V2Preferred,
+    /// Classic v1 only, both ways.
+    V1Only,
+}
+
+impl std::fmt::Display for TransportPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportPolicy::V2Only => "v2",
+            TransportPolicy::V2Preferred => "auto",
+            TransportPolicy::V1Only => "v1",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Inner {
+    V1(V1Codec),
+    V2(V2Codec),
+}
+
+/// The built-in Bitcoin codec: v1 or BIP324 v2 according to a
+/// [`TransportPolicy`], with Core's v1 fallback. Users see the same
+/// [`NetworkMessage`] values either way.
+#[derive(Debug, Clone)]
+pub struct BitcoinCodec {
+    policy: TransportPolicy,
+    inner: Inner,
+}
+
+impl BitcoinCodec {
+    /// A codec for `network` under `policy`, with payloads up to `max_payload`.
+    pub fn new(network: impl Into<Magic>, policy: TransportPolicy, max_payload: u32) -> Self {
+        let magic = network.into();
+        let inner = match policy {
+            TransportPolicy::V1Only => Inner::V1(V1Codec::new(magic).with_max_payload(max_payload)),
+            TransportPolicy::V2Only => {
+                Inner::V2(V2Codec::new(magic).with_max_payload(max_payload).with_v1_inbound(false))
+            }
+            TransportPolicy::V2Preferred => Inner::V2(V2Codec::new(magic).with_max_payload(max_payload)),
+        };
+        BitcoinCodec { policy, inner }
+    }
+
+    /// The policy this codec follows.
+    pub fn policy(&self) -> TransportPolicy {
+        self.policy
+    }
+}
+
+impl Codec for BitcoinCodec {
+    type Message = NetworkMessage;
+    type Error = WireError;
+
+    fn start(&mut self, start: &Start, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match &mut self.inner {
+            Inner::V1(c) => c.start(start, out),
+            Inner::V2(c) => c.start(start, out),
+        }
+    }
+
+    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Decoded<NetworkMessage>, WireError> {
+        match &mut self.inner {
+            Inner::V1(c) => c.decode(input, out),
+            Inner::V2(c) => c.decode(input, out),
+        }
+    }
+
+    fn encode(&mut self, message: &NetworkMessage, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match &mut self.inner {
+            Inner::V1(c) => c.encode(message, out),
+            Inner::V2(c) => c.encode(message, out),
+        }
+    }
+
+    fn max_frame_len(&self) -> usize {
+        match &self.inner {
+            Inner::V1(c) => c.max_frame_len(),
+            Inner::V2(c) => c.max_frame_len(),
+        }
+    }
+
+    fn transport(&self) -> Transport {
+        match &self.inner {
+            Inner::V1(c) => c.transport(),
+            Inner::V2(c) => c.transport(),
+        }
+    }
+
+    fn is_established(&self) -> bool {
+        match &self.inner {
+            Inner::V1(c) => c.is_established(),
+            Inner::V2(c) => c.is_established(),
+        }
+    }
+
+    fn needs_fallback(&self) -> bool {
+        matches!(&self.inner, Inner::V2(c) if c.peer_is_v1())
+    }
+
+    /// v2-preferred outbound connections fall back to v1.
+    fn fallback(&self) -> Option<Self> {
+        match (&self.inner, self.policy) {
+            (Inner::V2(c), TransportPolicy::V2Preferred) if !c.is_v1() => {
+                Some(BitcoinCodec { policy: TransportPolicy::V1Only, inner: Inner::V1(c.to_v1()) })
+            }
+            _ => None,
+        }
+    }
+}
 
 /// A message command as it appears on the wire: up to 12 printable ASCII
 /// characters, NUL-padded.
@@ -20,6 +145,9 @@ pub use v1::V1Codec;
 pub struct Command([u8; 12]);
 
 impl Command {
+    /// `unknown`, for messages whose own command cannot be shown.
+    pub const UNKNOWN: Command = Command(*b"unknown\0\0\0\0\0");
+
     /// Validates a 12-byte command field the way Bitcoin Core's
     /// `CMessageHeader::IsCommandValid` does: printable ASCII (0x20..=0x7e)
     /// up to the first NUL, and only NULs after it.
@@ -105,6 +233,17 @@ pub enum WireError {
         /// Number of unused bytes.
         extra: usize,
     },
+    /// BIP324: a packet failed authentication (wrong keys, or tampering).
+    V2Auth,
+    /// BIP324: a packet announced more contents than allowed.
+    V2Oversize {
+        /// Announced contents length in bytes.
+        length: usize,
+        /// The limit (maximum payload plus the message type).
+        max: usize,
+    },
+    /// BIP324: the handshake went wrong.
+    V2Handshake(&'static str),
 }
 
 impl fmt::Display for WireError {
@@ -131,6 +270,11 @@ impl fmt::Display for WireError {
             WireError::TrailingBytes { command, extra } => {
                 write!(f, "{extra} trailing bytes after {command} payload")
             }
+            WireError::V2Auth => f.write_str("v2 packet failed authentication"),
+            WireError::V2Oversize { length, max } => {
+                write!(f, "v2 packet of {length} content bytes exceeds the limit of {max}")
+            }
+            WireError::V2Handshake(why) => write!(f, "v2 handshake failed: {why}"),
         }
     }
 }

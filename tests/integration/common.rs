@@ -16,10 +16,12 @@ pub fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// Raw mode: these tests drive the protocol by hand.
+/// Raw mode over v1: these tests drive the protocol by hand and talk to
+/// plain TCP peers that speak (or expect) v1 bytes.
 pub fn raw_config() -> Config {
     let mut config = Config::new(NET);
     config.mode = peerlink::Mode::Raw;
+    config.transport = peerlink::wire::TransportPolicy::V1Only;
     config
 }
 

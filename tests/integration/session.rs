@@ -58,8 +58,10 @@ fn two_reactors_complete_the_handshake() {
     assert!(v.user_agent.starts_with("/peerlink:") && v.user_agent.ends_with("test/"), "{}", v.user_agent);
     assert!(info.features.wtxid_relay && info.features.addr_v2);
     assert!(info.ready);
-    assert_eq!(info.transport, peerlink::codec::Transport::V1);
+    // Two peerlink reactors speak BIP324 by default, and agree on the id.
+    let peerlink::codec::Transport::V2 { session_id } = info.transport else { panic!("{:?}", info.transport) };
     let (s, sinfo) = ready(&server);
+    assert_eq!(sinfo.transport, peerlink::codec::Transport::V2 { session_id });
     assert_eq!(sinfo.direction, Direction::Inbound);
     assert_eq!(sinfo.version.unwrap().start_height, 77, "set_start_height applies to later versions");
     // Application messages flow; session messages are not forwarded.
@@ -135,7 +137,11 @@ fn handshake_timeout_disconnects_silent_peer() {
 
 #[test]
 fn message_before_version_disconnects() {
-    let (server, addr) = session_listener(session_config());
+    // Over v1: on a v2-capable listener a first message other than a v1
+    // `version` is taken for a v2 key, as in Core.
+    let mut config = session_config();
+    config.transport = peerlink::wire::TransportPolicy::V1Only;
+    let (server, addr) = session_listener(config);
     let mut raw = std::net::TcpStream::connect(addr).unwrap();
     write_all(&mut raw, &encode(NET, &NetworkMessage::Ping(1)));
     let reason = wait_for(&server, |e| match e {
