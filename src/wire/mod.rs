@@ -46,7 +46,8 @@ impl std::fmt::Display for TransportPolicy {
 #[derive(Debug, Clone)]
 enum Inner {
     V1(V1Codec),
-    V2(V2Codec),
+    /// Boxed: v2 state is large and v1 connections should not pay for it.
+    V2(Box<V2Codec>),
 }
 
 /// The built-in Bitcoin codec: v1 or BIP324 v2 according to a
@@ -65,9 +66,9 @@ impl BitcoinCodec {
         let inner = match policy {
             TransportPolicy::V1Only => Inner::V1(V1Codec::new(magic).with_max_payload(max_payload)),
             TransportPolicy::V2Only => {
-                Inner::V2(V2Codec::new(magic).with_max_payload(max_payload).with_v1_inbound(false))
+                Inner::V2(Box::new(V2Codec::new(magic).with_max_payload(max_payload).with_v1_inbound(false)))
             }
-            TransportPolicy::V2Preferred => Inner::V2(V2Codec::new(magic).with_max_payload(max_payload)),
+            TransportPolicy::V2Preferred => Inner::V2(Box::new(V2Codec::new(magic).with_max_payload(max_payload))),
         };
         BitcoinCodec { policy, inner }
     }
