@@ -80,7 +80,8 @@ pub struct Config {
     /// v1, BIP324 v2, or v2 with Core's v1 fallback (built-in Bitcoin codec
     /// only). Default v2-preferred, like Bitcoin Core since 27.0.
     pub transport: TransportPolicy,
-    /// Session options (session mode only).
+    /// Session options. Its `handshake_timeout` also bounds the transport
+    /// (BIP324) handshake in raw mode.
     pub session: SessionConfig,
     /// Best-chain height announced in `version`; update it at runtime with
     /// [`Handle::set_start_height`](crate::Handle::set_start_height).

@@ -227,7 +227,16 @@ pub(super) fn decode_all<C: Codec, Pr: Protocol<Message = C::Message>>(
 ) -> Result<usize, DisconnectReason<C::Error>> {
     let mut used = 0;
     while !out.paused() && used < buf.len() {
-        match conn.codec.decode(&buf[used..], &mut conn.tx) {
+        let result = conn.codec.decode(&buf[used..], &mut conn.tx);
+        // A raw-mode peer is announced the moment its transport is up, before
+        // any message that came in the same read.
+        if !conn.announced && conn.state == State::Open && protocol.announce_on_connect() && conn.codec.is_established()
+        {
+            conn.announced = true;
+            let local = conn.local.unwrap_or(conn.addr);
+            out.emit(Event::Connected { peer: conn.id, direction: conn.direction, local, remote: conn.addr });
+        }
+        match result {
             Ok(Decoded::NeedMore { frame_len }) => {
                 conn.rx_frame_len = frame_len;
                 break;

@@ -126,6 +126,8 @@ enum Timer {
     Stall(u64),
     Frame(u64),
     Proto(u64),
+    /// The transport handshake (BIP324) must be done by then.
+    Transport(u64),
     Accept(usize),
 }
 
@@ -443,7 +445,12 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             }
         }
         let has_tx = conn.queued() > 0;
+        let handshaking = !conn.codec.is_established();
         self.conns.insert(id.0, conn);
+        if handshaking {
+            let at = self.now + self.config.session.handshake_timeout;
+            self.timers.push(Reverse((at, Timer::Transport(id.0))));
+        }
         if has_tx {
             self.arm_stall(id.0);
         }
@@ -894,6 +901,12 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                         }
                         Some(t) => self.timers.push(Reverse((t + timeout, Timer::Frame(id)))),
                         None => {}
+                    }
+                }
+                Timer::Transport(id) => {
+                    if self.conns.get(&id).is_some_and(|c| c.state == State::Open && !c.codec.is_established()) {
+                        let timeout = self.config.session.handshake_timeout;
+                        self.close(id, DisconnectReason::Session(crate::SessionError::HandshakeTimeout(timeout)));
                     }
                 }
                 Timer::Proto(id) => {

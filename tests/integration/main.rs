@@ -12,3 +12,4 @@ mod hostile;
 mod reactor;
 mod regressions;
 mod session;
+mod v2;
