@@ -2,12 +2,15 @@
 //! peer told us, then measures the ping round trip.
 //!
 //! ```text
-//! cargo run --example handshake -- ADDR [--network NET] [--user-agent S] [--hold SECS]
+//! cargo run --example handshake -- ADDR [--network NET] [--user-agent S] [--hold SECS] [--transport v1|v2|auto]
 //! ```
 //!
 //! One line per step; exits 0 only when the handshake and ping succeeded.
 //! With `--hold` it stays connected SECS seconds (the session answers the
-//! peer's pings) before disconnecting.
+//! peer's pings) before disconnecting. `--transport` picks v1, BIP324 v2, or
+//! v2 with the v1 fallback (`auto`, the default); the transport used is
+//! printed, and for v2 the session id in hex (compare it with the peer's to
+//! rule out a man in the middle).
 
 mod common;
 
@@ -18,14 +21,14 @@ use std::time::{Duration, Instant};
 use bitcoin::p2p::message::NetworkMessage;
 use peerlink::{Config, Disconnect, Event};
 
-const USAGE: &str =
-    "usage: handshake ADDR [--network main|test|testnet4|signet|regtest] [--user-agent S] [--hold SECS]";
+const USAGE: &str = "usage: handshake ADDR [--network main|test|testnet4|signet|regtest] [--user-agent S] [--hold SECS] [--transport v1|v2|auto]";
 
 struct Args {
     addr: SocketAddr,
     network: bitcoin::Network,
     user_agent: Option<String>,
     hold: Option<Duration>,
+    transport: peerlink::wire::TransportPolicy,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -33,10 +36,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut network = bitcoin::Network::Bitcoin;
     let mut user_agent = None;
     let mut hold = None;
+    let mut transport = peerlink::wire::TransportPolicy::V2Preferred;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--network" => network = common::network(&common::value(&mut args, "--network")?)?,
             "--user-agent" => user_agent = Some(common::value(&mut args, "--user-agent")?),
+            "--transport" => transport = common::transport(&common::value(&mut args, "--transport")?)?,
             "--hold" => {
                 let v = common::value(&mut args, "--hold")?;
                 let secs: f64 = v.parse().map_err(|_| format!("bad --hold value {v:?}"))?;
@@ -51,7 +56,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             s => return Err(format!("unexpected argument {s:?}")),
         }
     }
-    Ok(Args { addr: addr.ok_or("ADDR is required")?, network, user_agent, hold })
+    Ok(Args { addr: addr.ok_or("ADDR is required")?, network, user_agent, hold, transport })
 }
 
 fn main() -> ExitCode {
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), String> {
     let mut config = Config::new(args.network);
+    config.transport = args.transport;
     config.session.user_agent_name = Some("handshake".into());
     config.session.user_agent_version = Some(env!("CARGO_PKG_VERSION").into());
     if let Some(ua) = &args.user_agent {
@@ -85,7 +91,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let timeout = config.connect_timeout + config.session.handshake_timeout;
     let handle = peerlink::start(config).map_err(|e| e.to_string())?;
-    println!("connecting addr={} network={}", args.addr, args.network);
+    println!("connecting addr={} network={} transport={}", args.addr, args.network, args.transport);
     let peer = handle.connect(args.addr).map_err(|e| e.to_string())?;
     let info = loop {
         match handle.recv_timeout(timeout).map_err(|_| "no answer from peer".to_string())? {
@@ -106,13 +112,7 @@ fn run(args: Args) -> Result<(), String> {
     println!("height={}", v.start_height);
     println!("relay={}", v.relay);
     println!("features={}", info.features);
-    match info.transport {
-        peerlink::codec::Transport::V2 { session_id } => {
-            let hex: String = session_id.iter().map(|b| format!("{b:02x}")).collect();
-            println!("transport=v2 session_id={hex}");
-        }
-        t => println!("transport={t}"),
-    }
+    println!("transport={}", common::describe_transport(info.transport));
 
     // Our own ping: its pong is handed to us (the session keeps its own).
     let nonce = u64::from(std::process::id()) << 32 | 0x70_6c;

@@ -10,7 +10,10 @@
 //! it is ready.
 //!
 //! Output lines (stable, greppable):
-//! `listening addr=…`, `connected peer=ID addr=… direction=inbound transport=v1`,
+//! Both v1 and BIP324 v2 peers are accepted (the first 16 bytes tell them
+//! apart).
+//!
+//! `listening addr=…`, `connected peer=ID addr=… direction=inbound transport=v1|v2 session_id=…`,
 //! `ready peer=ID addr=… ua=… version=… services=… height=… transport=…`,
 //! `message peer=ID cmd=NAME size=BYTES`, `disconnected peer=ID reason=…`.
 
@@ -60,7 +63,9 @@ fn main() -> ExitCode {
     for event in handle.iter() {
         match event {
             Event::Connected { peer, remote, direction, .. } => {
-                println!("connected peer={peer} addr={remote} direction={direction} transport=v1")
+                let transport = handle.peer_info(peer).ok().flatten().map(|i| i.transport);
+                let transport = transport.map_or("unknown".to_owned(), common::describe_transport);
+                println!("connected peer={peer} addr={remote} direction={direction} transport={transport}")
             }
             Event::Ready { peer, info } => {
                 let v = info.version.as_ref();
@@ -73,7 +78,7 @@ fn main() -> ExitCode {
                     common::service_names(v.map_or(bitcoin::p2p::ServiceFlags::NONE, |v| v.services)),
                     v.map_or(0, |v| v.start_height),
                     info.features,
-                    info.transport,
+                    common::describe_transport(info.transport),
                 );
             }
             Event::Disconnected { peer, reason } => println!("disconnected peer={peer} reason={reason}"),

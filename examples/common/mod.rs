@@ -30,6 +30,30 @@ pub fn service_names(flags: ServiceFlags) -> String {
     if names.is_empty() { "NONE".to_owned() } else { names.join("|") }
 }
 
+/// Parses `--transport v1|v2|auto`.
+pub fn transport(name: &str) -> Result<peerlink::wire::TransportPolicy, String> {
+    use peerlink::wire::TransportPolicy;
+    match name {
+        "v1" => Ok(TransportPolicy::V1Only),
+        "v2" => Ok(TransportPolicy::V2Only),
+        "auto" => Ok(TransportPolicy::V2Preferred),
+        _ => Err(format!("unknown transport {name:?} (expected v1, v2 or auto)")),
+    }
+}
+
+/// Hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `v1`, or `v2 session_id=HEX`.
+pub fn describe_transport(t: peerlink::codec::Transport) -> String {
+    match t {
+        peerlink::codec::Transport::V2 { session_id } => format!("v2 session_id={}", hex(&session_id)),
+        other => other.to_string(),
+    }
+}
+
 /// Takes the value after a flag.
 pub fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
     args.next().ok_or_else(|| format!("{flag} needs a value"))

@@ -52,6 +52,37 @@ fn session_outbound_to_bcoin() {
     assert!(!info.features.wtxid_relay, "features {}", info.features);
 }
 
+/// bcoin speaks v1 only, and (unlike Core) speaks first. A v2-preferred
+/// connection (the default) falls back to v1 and completes the session; the
+/// fallback is remembered, so the next connection goes straight to v1.
+#[test]
+fn v2_preferred_falls_back_to_v1_with_bcoin() {
+    let bcoin = Bcoin::start();
+    let mut config = config();
+    config.transport = peerlink::wire::TransportPolicy::V2Preferred;
+    let handle = peerlink::start(config).expect("start");
+    for attempt in 0..2 {
+        let peer = handle.connect(bcoin.p2p).expect("reactor running");
+        let (ready, info) = wait_ready(&handle, "the session after the v1 fallback");
+        assert_eq!(ready, peer);
+        assert_eq!(info.transport, Transport::V1, "attempt {attempt}");
+        let stats = handle.peer_stats(peer).expect("reactor running").expect("connected");
+        // On the cached attempt the first bytes we sent were a v1 version,
+        // not a 64-byte key: the session started at once.
+        assert!(stats.per_command.iter().any(|c| c.command == "version" && c.msgs_in == 1));
+        handle.disconnect(peer, peerlink::Disconnect::Now).expect("reactor running");
+        loop {
+            match handle.recv_timeout(Duration::from_secs(30)).expect("disconnect reported") {
+                peerlink::Event::Disconnected { peer: p, .. } if p == peer => break,
+                _ => {}
+            }
+        }
+    }
+    // bcoin is still willing to talk to us: no ban from the v2 attempt.
+    let (_h, _peer, info) = connect_ready(bcoin.p2p);
+    assert_eq!(info.transport, Transport::V1);
+}
+
 #[test]
 fn session_inbound_from_bcoin() {
     let bcoin = Bcoin::start();
@@ -251,9 +282,9 @@ fn handshake_example() {
     let bcoin = Bcoin::start();
     let peer = bcoin.p2p.to_string();
 
-    let (ok, stdout, stderr) = run_example("handshake", &[&peer, "--network", "regtest"]);
+    let (ok, stdout, stderr) = run_example("handshake", &[&peer, "--network", "regtest", "--transport", "auto"]);
     assert!(ok, "handshake failed:\n{stdout}\n{stderr}");
-    for needle in ["bcoin", "height=", "rtt"] {
+    for needle in ["bcoin", "height=", "rtt", "transport=v1"] {
         assert!(stdout.contains(needle), "output lacks {needle:?}:\n{stdout}");
     }
 }
