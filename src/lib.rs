@@ -27,11 +27,11 @@
 //!    only if the reactor said it might be asleep; a busy reactor finds the
 //!    command on its next round at no syscall cost.
 //! 2. **Encode.** The reactor looks the peer up by its [`PeerId`] and asks the
-//!    connection's codec ([`wire::V1Codec`]) to encode the message straight
+//!    connection's codec ([`wire::BitcoinCodec`], here over v1) to encode the message straight
 //!    into the peer's send buffer: magic, command, length, then the payload,
 //!    then the checksum (SHA256d, computed once) patched into the header. If
-//!    more than [`Config::send_buffer_limit`] bytes are queued the message
-//!    comes back in [`Event::SendRejected`] instead, and
+//!    more than [`Config::send_buffer_limit`] bytes are queued, `send` had
+//!    already refused the message and handed it back ([`Refused`]);
 //!    [`Event::Writable`] follows once the queue drains.
 //! 3. **Write.** After applying a batch of commands, the reactor writes each
 //!    dirty send buffer until it is empty, the socket says `WouldBlock`, or the
@@ -50,8 +50,17 @@
 //!    [`Handle::recv`] makes room. Any violation disconnects that peer alone,
 //!    with a typed [`DisconnectReason`].
 //!
-//! The codec layer is sans-IO and the reactor is generic over it
-//! ([`codec::Codec`], [`start_with_codec`]).
+//! Over BIP324 v2 (the default when the peer supports it) steps 2 and 5 are
+//! the same but for the framing: the message is written as a short message
+//! id and payload inside an encrypted packet ([`wire::v2`]), and a packet's
+//! length is decrypted and checked before its bytes are buffered.
+//!
+//! In session mode (the default) a sixth layer sits between decode and the
+//! user: [`session::Session`] answers the `ping` itself and the user sees only
+//! other messages, after [`Event::Ready`].
+//!
+//! The codec and session layers are sans-IO, and the reactor is generic over
+//! the codec ([`codec::Codec`], [`start_with_codec`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -1,7 +1,8 @@
 //! The Bitcoin wire format (sans-IO).
 //!
-//! [`V1Codec`] frames [`NetworkMessage`](bitcoin::p2p::message::NetworkMessage)
-//! values in the classic v1 format. The payload helpers in [`payload`] decode a
+//! [`BitcoinCodec`] is the built-in codec: [`V1Codec`] frames
+//! [`NetworkMessage`] values in the classic v1 format, [`V2Codec`] in BIP324
+//! encrypted packets, chosen by [`TransportPolicy`]. The payload helpers in [`payload`] decode a
 //! bare payload for a known command, which rust-bitcoin 0.32 does not offer
 //! (BIP324 packets carry no v1 header).
 

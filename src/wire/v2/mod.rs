@@ -12,8 +12,7 @@
 //! refused right there, instead of being taken for a v2 key.
 //!
 //! Memory follows the v1 rules: a packet's length is decrypted and checked
-//! (at most [`MAX_PROTOCOL_MESSAGE_LENGTH`](super::v1::MAX_PROTOCOL_MESSAGE_LENGTH)
-//! of payload plus the message type) before anything is buffered for it.
+//! (at most [`MAX_PROTOCOL_MESSAGE_LENGTH`] of payload plus the message type) before anything is buffered for it.
 //!
 //! Why not the `bip324` crate: its handshake state machine borrows the
 //! garbage it has sent and received across states (`Handshake<SentKey<'a>>`,
