@@ -17,6 +17,13 @@
 //!   per second, and resident memory (VmRSS) per accepted connection, measured
 //!   after all connections are accepted and before any traffic.
 //!
+//! W1–W3 run over v1 and over BIP324 v2 (`--transport`, default both): both
+//! reactors use `TransportPolicy::V1Only`, or both `V2Only` (so v2 is
+//! negotiated; the run checks each connection's transport in its peer info
+//! and prints the session id). The v2 rows are compared with the same
+//! raw-TCP bound, which sends unencrypted v1 frames. W4 is v1 only: its
+//! clients write pre-encoded v1 bytes, and its listener is `V1Only`.
+//!
 //! The bound sends the same pre-encoded bytes with 1 MiB `write`s from a
 //! `std` stream; its reader only parses the 24-byte headers (skipping payloads
 //! by length) and counts frames. For W3 it is a blocking `std` ping-pong of
@@ -29,6 +36,7 @@
 //! cargo run --release --example bench                 # all workloads
 //! cargo run --release --example bench -- --quick      # about a tenth of the messages
 //! cargo run --release --example bench -- --only w1,w3 # a subset (repeatable flag)
+//! cargo run --release --example bench -- --transport v2 # W1–W3 over v2 only (v1, v2, both)
 //! ```
 //!
 //! When every workload runs, W4 runs first so that its RSS figure is not
@@ -48,8 +56,8 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError};
-use peerlink::codec::Codec;
-use peerlink::wire::V1Codec;
+use peerlink::codec::{Codec, Transport};
+use peerlink::wire::{TransportPolicy, V1Codec};
 use peerlink::{Config, Event, Handle, PeerId};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -90,9 +98,40 @@ impl Params {
     }
 }
 
+/// The transport W1–W3 run over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    V1,
+    V2,
+}
+
+impl Wire {
+    fn policy(self) -> TransportPolicy {
+        match self {
+            Wire::V1 => TransportPolicy::V1Only,
+            Wire::V2 => TransportPolicy::V2Only,
+        }
+    }
+
+    /// Inserted after the workload name in the table: nothing for v1, so
+    /// its rows keep their names.
+    fn tag(self) -> &'static str {
+        match self {
+            Wire::V1 => "",
+            Wire::V2 => " (v2)",
+        }
+    }
+
+    /// Row order: v2 right after v1.
+    fn order(self, base: u8) -> u8 {
+        base * 2 + u8::from(self == Wire::V2)
+    }
+}
+
 fn main() -> BenchResult<()> {
     let mut quick = false;
     let mut only: Vec<String> = Vec::new();
+    let mut wires = vec![Wire::V1, Wire::V2];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -101,8 +140,16 @@ fn main() -> BenchResult<()> {
                 let list = args.next().ok_or("--only needs a value such as w1 or w1,w3")?;
                 only.extend(list.split(',').map(|s| s.trim().to_ascii_lowercase()));
             }
+            "--transport" => {
+                wires = match args.next().as_deref() {
+                    Some("v1") => vec![Wire::V1],
+                    Some("v2") => vec![Wire::V2],
+                    Some("both") => vec![Wire::V1, Wire::V2],
+                    other => return Err(format!("--transport needs v1, v2 or both, not {other:?}").into()),
+                };
+            }
             "-h" | "--help" => {
-                println!("usage: bench [--quick] [--only w1,w2,w3,w4]");
+                println!("usage: bench [--quick] [--only w1,w2,w3,w4] [--transport v1|v2|both]");
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -117,7 +164,12 @@ fn main() -> BenchResult<()> {
     let p = Params::new(quick);
 
     let cores = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("peerlink benchmark: {cores} cores, {}", if quick { "quick run" } else { "full run" });
+    let over: Vec<&str> = wires.iter().map(|w| if *w == Wire::V1 { "v1" } else { "v2" }).collect();
+    println!(
+        "peerlink benchmark: {cores} cores, {}, W1–W3 over {}",
+        if quick { "quick run" } else { "full run" },
+        over.join(" and ")
+    );
     println!();
 
     let mut rows: Vec<Row> = Vec::new();
@@ -126,13 +178,13 @@ fn main() -> BenchResult<()> {
         rows.extend(w4(&p)?);
     }
     if wanted("w1") {
-        rows.push(w1(&p)?);
+        rows.extend(w1(&p, &wires)?);
     }
     if wanted("w2") {
-        rows.push(w2(&p)?);
+        rows.extend(w2(&p, &wires)?);
     }
     if wanted("w3") {
-        rows.extend(w3(&p)?);
+        rows.extend(w3(&p, &wires)?);
     }
     rows.sort_by_key(|r| r.order);
 
@@ -313,15 +365,27 @@ struct Pair {
     client_peer: PeerId,
 }
 
-fn pair() -> BenchResult<Pair> {
-    let mut config = raw_config();
+fn pair(wire: Wire) -> BenchResult<Pair> {
+    let mut config = raw_config(wire.policy());
     config.listen.push("127.0.0.1:0".parse()?);
     let server = peerlink::start(config)?;
-    let client = peerlink::start(raw_config())?;
+    let client = peerlink::start(raw_config(wire.policy()))?;
     let requested = client.connect(server.local_addrs()[0])?;
     let client_peer = connected(&client)?;
     assert_eq!(client_peer, requested);
     let server_peer = connected(&server)?;
+    let transport = |handle: &Handle, peer| -> BenchResult<Transport> {
+        Ok(handle.peer_info(peer)?.ok_or("peer gone before the benchmark started")?.transport)
+    };
+    let (ours, theirs) = (transport(&client, client_peer)?, transport(&server, server_peer)?);
+    match (wire, ours, theirs) {
+        (Wire::V1, Transport::V1, Transport::V1) => println!("  transport: v1 (both ends)"),
+        (Wire::V2, Transport::V2 { session_id: a }, Transport::V2 { session_id: b }) if a == b => {
+            let id: String = a[..8].iter().map(|b| format!("{b:02x}")).collect();
+            println!("  transport: v2 (both ends), session id {id}…");
+        }
+        _ => return Err(format!("expected {wire:?} on both ends, got {ours:?} and {theirs:?}").into()),
+    }
     Ok(Pair { server, server_peer, client, client_peer })
 }
 
@@ -389,13 +453,16 @@ struct OneWay {
 }
 
 /// Runs a one-way transfer through two reactors. `index` maps each received
-/// message to its sequence number (for the order check).
+/// message to its sequence number (for the order check) and its payload
+/// length (taken from the message, not the wire size, whose framing differs
+/// between v1 and v2).
 fn peerlink_one_way(
+    wire: Wire,
     messages: impl Iterator<Item = NetworkMessage>,
     count: u64,
-    index: fn(&NetworkMessage) -> Option<u64>,
+    index: fn(&NetworkMessage) -> Option<(u64, u64)>,
 ) -> BenchResult<OneWay> {
-    let Pair { server, client, client_peer, .. } = pair()?;
+    let Pair { server, client, client_peer, .. } = pair(wire)?;
     let receiver = thread::spawn(move || -> Result<(Instant, u64, u64, u64, Handle), String> {
         let mut received = 0u64;
         let mut payload = 0u64;
@@ -403,14 +470,14 @@ fn peerlink_one_way(
         let mut expected = 0u64;
         while received < count {
             match next_event(&server) {
-                Ok(Event::Message { message, wire_size, .. }) => {
-                    let i = index(&message).ok_or_else(|| format!("unexpected message {}", message.cmd()))?;
+                Ok(Event::Message { message, .. }) => {
+                    let (i, len) = index(&message).ok_or_else(|| format!("unexpected message {}", message.cmd()))?;
                     if i != expected {
                         out_of_order += 1;
                     }
                     expected = i + 1;
                     received += 1;
-                    payload += (wire_size - HEADER_LEN) as u64;
+                    payload += len;
                 }
                 Ok(Event::Disconnected { reason, .. }) => return Err(format!("receiver disconnected: {reason}")),
                 Ok(_) => {}
@@ -446,26 +513,31 @@ fn report_one_way(label: &str, r: &OneWay) {
 // W1: pings one way
 // ---------------------------------------------------------------------------
 
-fn w1(p: &Params) -> BenchResult<Row> {
+fn w1(p: &Params, wires: &[Wire]) -> BenchResult<Vec<Row>> {
     let n = p.w1_msgs;
     println!("W1: {n} ping one way");
-    let wire = encode_all((0..n).map(NetworkMessage::Ping).collect::<Vec<_>>().iter());
-    let (raw_time, _) = raw_one_way(&wire, n)?;
-    drop(wire);
+    let bytes = encode_all((0..n).map(NetworkMessage::Ping).collect::<Vec<_>>().iter());
+    let (raw_time, _) = raw_one_way(&bytes, n)?;
+    drop(bytes);
     let raw_rate = n as f64 / raw_time.as_secs_f64();
     println!("  bound:    {n} frames in {:.3} s", raw_time.as_secs_f64());
 
-    let r = peerlink_one_way((0..n).map(NetworkMessage::Ping), n, |m| match m {
-        NetworkMessage::Ping(i) => Some(*i),
-        _ => None,
-    })?;
-    report_one_way("W1", &r);
-    let ours = r.messages as f64 / r.elapsed.as_secs_f64();
-    let mut row = throughput_row(1, format!("W1 {n} ping one way"), ours, raw_rate, "M msg/s", 1e6, 0.15);
-    if r.out_of_order > 0 {
-        row.met = "**no** (order)";
+    let mut rows = Vec::new();
+    for &wire in wires {
+        let r = peerlink_one_way(wire, (0..n).map(NetworkMessage::Ping), n, |m| match m {
+            NetworkMessage::Ping(i) => Some((*i, 8)),
+            _ => None,
+        })?;
+        report_one_way(&format!("W1{}", wire.tag()), &r);
+        let ours = r.messages as f64 / r.elapsed.as_secs_f64();
+        let name = format!("W1{} {n} ping one way", wire.tag());
+        let mut row = throughput_row(wire.order(1), name, ours, raw_rate, "M msg/s", 1e6, 0.15);
+        if r.out_of_order > 0 {
+            row.met = "**no** (order)";
+        }
+        rows.push(row);
     }
-    Ok(row)
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------
@@ -505,34 +577,42 @@ fn big_tx() -> Transaction {
     tx
 }
 
-fn w2(p: &Params) -> BenchResult<Row> {
+fn w2(p: &Params, wires: &[Wire]) -> BenchResult<Vec<Row>> {
     let n = p.w2_msgs;
     println!("W2: {n} × {TX_SIZE}-byte tx one way");
     let template = big_tx();
-    let messages: Vec<NetworkMessage> = (0..n)
-        .map(|i| {
-            let mut tx = template.clone();
-            tx.lock_time = LockTime::from_consensus(i as u32);
-            NetworkMessage::Tx(tx)
-        })
-        .collect();
-    let wire = encode_all(&messages);
-    let (raw_time, raw_payload) = raw_one_way(&wire, n)?;
-    drop(wire);
+    let messages = || -> Vec<NetworkMessage> {
+        (0..n)
+            .map(|i| {
+                let mut tx = template.clone();
+                tx.lock_time = LockTime::from_consensus(i as u32);
+                NetworkMessage::Tx(tx)
+            })
+            .collect()
+    };
+    let bytes = encode_all(&messages());
+    let (raw_time, raw_payload) = raw_one_way(&bytes, n)?;
+    drop(bytes);
     let raw_rate = raw_payload as f64 / raw_time.as_secs_f64();
     println!("  bound:    {n} frames, {raw_payload} payload bytes in {:.3} s", raw_time.as_secs_f64());
 
-    let r = peerlink_one_way(messages.into_iter(), n, |m| match m {
-        NetworkMessage::Tx(tx) => Some(u64::from(tx.lock_time.to_consensus_u32())),
-        _ => None,
-    })?;
-    report_one_way("W2", &r);
-    let ours = r.payload_bytes as f64 / r.elapsed.as_secs_f64();
-    let mut row = throughput_row(2, format!("W2 {n} × 1 MB tx one way"), ours, raw_rate, "MB/s", 1e6, 0.40);
-    if r.out_of_order > 0 {
-        row.met = "**no** (order)";
+    let mut rows = Vec::new();
+    for &wire in wires {
+        // Built before the clock starts, as for the bound.
+        let r = peerlink_one_way(wire, messages().into_iter(), n, |m| match m {
+            NetworkMessage::Tx(tx) => Some((u64::from(tx.lock_time.to_consensus_u32()), tx.total_size() as u64)),
+            _ => None,
+        })?;
+        report_one_way(&format!("W2{}", wire.tag()), &r);
+        let ours = r.payload_bytes as f64 / r.elapsed.as_secs_f64();
+        let name = format!("W2{} {n} × 1 MB tx one way", wire.tag());
+        let mut row = throughput_row(wire.order(2), name, ours, raw_rate, "MB/s", 1e6, 0.40);
+        if r.out_of_order > 0 {
+            row.met = "**no** (order)";
+        }
+        rows.push(row);
     }
-    Ok(row)
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------
@@ -595,8 +675,8 @@ fn raw_ping_pong(trips: usize, warmup: usize) -> BenchResult<Vec<Duration>> {
     Ok(rtts)
 }
 
-fn peerlink_ping_pong(trips: usize, warmup: usize) -> BenchResult<Vec<Duration>> {
-    let Pair { server, server_peer, client, client_peer } = pair()?;
+fn peerlink_ping_pong(wire: Wire, trips: usize, warmup: usize) -> BenchResult<Vec<Duration>> {
+    let Pair { server, server_peer, client, client_peer } = pair(wire)?;
     let total = (trips + warmup) as u64;
     let responder = thread::spawn(move || -> Result<(), String> {
         let mut answered = 0u64;
@@ -641,39 +721,42 @@ fn peerlink_ping_pong(trips: usize, warmup: usize) -> BenchResult<Vec<Duration>>
     Ok(rtts)
 }
 
-fn w3(p: &Params) -> BenchResult<Vec<Row>> {
+fn w3(p: &Params, wires: &[Wire]) -> BenchResult<Vec<Row>> {
     let (trips, warmup) = (p.w3_trips, p.w3_warmup);
     println!("W3: {trips} ping/pong round trips (after {warmup} warm-up trips)");
     let mut raw = raw_ping_pong(trips, warmup)?;
     raw.sort();
-    let mut ours = peerlink_ping_pong(trips, warmup)?;
-    ours.sort();
     let (raw50, raw99) = (percentile(&raw, 0.5), percentile(&raw, 0.99));
-    let (our50, our99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
     println!("  bound:    p50 {:.1} µs, p99 {:.1} µs", us(raw50), us(raw99));
-    println!("  peerlink: p50 {:.1} µs, p99 {:.1} µs", us(our50), us(our99));
-    let r50 = us(our50) / us(raw50);
-    let r99 = us(our99) / us(raw99);
-    Ok(vec![
-        Row {
-            order: 3,
-            name: format!("W3 {trips} ping/pong, p50 latency"),
+    let mut rows = Vec::new();
+    for &wire in wires {
+        let mut ours = peerlink_ping_pong(wire, trips, warmup)?;
+        ours.sort();
+        let (our50, our99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
+        let label = if wire == Wire::V1 { "peerlink:" } else { "peerlink (v2):" };
+        println!("  {label} p50 {:.1} µs, p99 {:.1} µs", us(our50), us(our99));
+        let r50 = us(our50) / us(raw50);
+        let r99 = us(our99) / us(raw99);
+        rows.push(Row {
+            order: wire.order(3),
+            name: format!("W3{} {trips} ping/pong, p50 latency", wire.tag()),
             ours: format!("{:.1} µs", us(our50)),
             bound: format!("{:.1} µs", us(raw50)),
             ratio: format!("{r50:.2}×"),
             target: "≤ 1.10×".into(),
             met: yes_no(r50 <= 1.10),
-        },
-        Row {
-            order: 4,
-            name: format!("W3 {trips} ping/pong, p99 latency"),
+        });
+        rows.push(Row {
+            order: wire.order(4),
+            name: format!("W3{} {trips} ping/pong, p99 latency", wire.tag()),
             ours: format!("{:.1} µs", us(our99)),
             bound: format!("{:.1} µs", us(raw99)),
             ratio: format!("{r99:.2}×"),
             target: "—".into(),
             met: "—",
-        },
-    ])
+        });
+    }
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------
@@ -763,7 +846,9 @@ fn w4_bytes(msgs_per_conn: usize) -> Vec<u8> {
 fn peerlink_many(p: &Params, bytes: &Arc<Vec<u8>>) -> BenchResult<ManyConns> {
     let conns = p.w4_conns;
     let expected = (conns * p.w4_msgs_per_conn) as u64;
-    let mut config = raw_config();
+    // The clients write v1 bytes: a v1-only listener (no v2 detection, no
+    // per-connection key generation).
+    let mut config = raw_config(TransportPolicy::V1Only);
     config.listen.push("127.0.0.1:0".parse()?);
     let server = peerlink::start(config)?;
     let clients = Clients::spawn(server.local_addrs()[0], conns, p.w4_client_threads, bytes);
@@ -906,9 +991,9 @@ fn w4(p: &Params) -> BenchResult<Vec<Row>> {
     let our_rate = ours.messages as f64 / ours.elapsed.as_secs_f64();
     let raw_rate = raw.messages as f64 / raw.elapsed.as_secs_f64();
     Ok(vec![
-        throughput_row(5, format!("W4 {conns} conns × {per} inv"), our_rate, raw_rate, "M msg/s", 1e6, 0.25),
+        throughput_row(10, format!("W4 {conns} conns × {per} inv"), our_rate, raw_rate, "M msg/s", 1e6, 0.25),
         Row {
-            order: 6,
+            order: 11,
             name: format!("W4 RSS per connection ({conns} accepted, idle)"),
             ours: format!("{:.2} KiB", ours.rss_per_conn_kib),
             bound: format!("{:.2} KiB", raw.rss_per_conn_kib),
@@ -919,9 +1004,11 @@ fn w4(p: &Params) -> BenchResult<Vec<Row>> {
     ])
 }
 
-/// The benchmark drives raw mode: no session handshake, every message delivered.
-fn raw_config() -> Config {
+/// The benchmark drives raw mode: no session handshake, every message
+/// delivered, over the given transport.
+fn raw_config(transport: TransportPolicy) -> Config {
     let mut config = Config::new(NETWORK);
     config.mode = peerlink::Mode::Raw;
+    config.transport = transport;
     config
 }

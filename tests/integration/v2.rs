@@ -45,8 +45,13 @@ fn raw_mode_v2_to_v2() {
         client.send(c, NetworkMessage::Ping(i)).unwrap();
     }
     for i in 0..=600 {
-        let (_, m) = message(&server);
+        let (m, size) = wait_for(&server, |e| match e {
+            Event::Message { message, wire_size, .. } => Some((message, wire_size)),
+            _ => None,
+        });
         assert_eq!(m, NetworkMessage::Ping(i), "in order, across several rekeys");
+        // 3 length + 1 header + 1 short id + 8 nonce + 16 tag.
+        assert_eq!(size, 29, "wire size includes the whole packet");
     }
     let tx = big_tx(3_900_000);
     server.send(s, NetworkMessage::Tx(tx.clone())).unwrap();

@@ -327,6 +327,9 @@ impl V2Codec {
 
     fn decode_packet(&mut self, input: &[u8]) -> Result<Decoded<NetworkMessage>, WireError> {
         let cipher = self.cipher.as_mut().ok_or(WireError::V2Handshake("no keys"))?;
+        // The length prefix is decrypted once (the length cipher moves per
+        // packet) but consumed with the packet, so that a message's reported
+        // size is its whole wire size.
         let len = match self.pending {
             Some(len) => len,
             None => {
@@ -339,11 +342,11 @@ impl V2Codec {
                     return Err(WireError::V2Oversize { length: len, max });
                 }
                 self.pending = Some(len);
-                return Ok(Decoded::Consumed(LENGTH_LEN));
+                len
             }
         };
-        let packet_len = HEADER_LEN + len + TAG_LEN;
-        let Some(packet) = input.get(..packet_len) else {
+        let packet_len = LENGTH_LEN + HEADER_LEN + len + TAG_LEN;
+        let Some(packet) = input.get(LENGTH_LEN..packet_len) else {
             return Ok(Decoded::NeedMore { frame_len: Some(packet_len) });
         };
         self.pending = None;
@@ -482,8 +485,8 @@ impl Codec for V2Codec {
     }
 
     fn max_frame_len(&self) -> usize {
-        // v1 frames on inbound detection are smaller than this.
-        (self.max_contents() + PACKET_OVERHEAD).max(V1_HEADER_LEN + self.max_payload as usize)
+        // The largest of: a packet, a v1 frame (inbound detection), a key.
+        (self.max_contents() + PACKET_OVERHEAD).max(V1_HEADER_LEN + self.max_payload as usize).max(KEY_LEN)
     }
 
     fn transport(&self) -> Transport {
