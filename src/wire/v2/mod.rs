@@ -307,15 +307,28 @@ impl V2Codec {
         if v1_so_far && seen.len() < V1_PREFIX_LEN {
             return Ok(Decoded::NeedMore { frame_len: None });
         }
-        // Could still be another network's v1 prefix: wait for all 16.
-        if seen.len() < V1_PREFIX_LEN && seen.len() >= 4 && seen[4..] == prefix[4..seen.len()] {
+        // Could still be another network's v1 prefix: wait for the magic,
+        // and then for all 16 bytes while the rest matches `version`, so the
+        // outcome does not depend on how the bytes were split.
+        if seen.len() < 4 || (seen.len() < V1_PREFIX_LEN && seen[4..] == prefix[4..seen.len()]) {
             return Ok(Decoded::NeedMore { frame_len: None });
         }
         if v1_so_far {
             if !self.allow_v1_inbound {
                 return Err(WireError::V2Handshake("v1 peer refused: v2 transport required"));
             }
-            let v1 = V1Codec::new(self.magic).with_max_payload(self.max_payload);
+            let mut v1 = V1Codec::new(self.magic).with_max_payload(self.max_payload);
+            // Messages encoded while we did not know yet go out as v1 frames.
+            let early = std::mem::take(&mut self.early);
+            let mut rest = early.as_slice();
+            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                let n = u32::from_le_bytes(*len) as usize;
+                let (contents, next) = tail.split_at(n);
+                rest = next;
+                if let Some(message) = decode_contents(contents)? {
+                    v1.encode(&message, out)?;
+                }
+            }
             self.state = State::V1(v1);
             return self.decode(input, out);
         }
@@ -365,30 +378,9 @@ impl V2Codec {
             self.plain = Vec::new();
             return Ok(Decoded::Consumed(packet_len));
         }
-        let contents = &self.plain[HEADER_LEN..contents_end];
-        let Some((&id, rest)) = contents.split_first() else {
-            return Err(WireError::V2Handshake("packet without a message type"));
+        let Some(message) = decode_contents(&self.plain[HEADER_LEN..contents_end])? else {
+            return Ok(Decoded::Consumed(packet_len));
         };
-        let (command, body) = if id == 0 {
-            let Some((raw, body)) = rest.split_first_chunk::<12>() else {
-                return Err(WireError::V2Handshake("truncated message type"));
-            };
-            (Command::from_wire(*raw)?, body)
-        } else {
-            match command_of(id) {
-                Some(name) => {
-                    let mut raw = [0u8; 12];
-                    raw[..name.len()].copy_from_slice(name.as_bytes());
-                    (Command::from_wire(raw)?, rest)
-                }
-                // Core ignores messages with an unassigned short id.
-                None => {
-                    log::debug!("ignoring v2 message with unknown short id {id}");
-                    return Ok(Decoded::Consumed(packet_len));
-                }
-            }
-        };
-        let message = payload::decode(&command, body)?;
         if self.plain.capacity() > 64 * 1024 {
             self.plain = Vec::new();
         }
@@ -502,6 +494,33 @@ impl Codec for V2Codec {
     }
 }
 
+/// Decodes a packet's contents: message type, then payload. `None` for an
+/// unassigned short id, which Core ignores.
+fn decode_contents(contents: &[u8]) -> Result<Option<NetworkMessage>, WireError> {
+    let Some((&id, rest)) = contents.split_first() else {
+        return Err(WireError::V2Handshake("packet without a message type"));
+    };
+    let (command, body) = if id == 0 {
+        let Some((raw, body)) = rest.split_first_chunk::<12>() else {
+            return Err(WireError::V2Handshake("truncated message type"));
+        };
+        (Command::from_wire(*raw)?, body)
+    } else {
+        match command_of(id) {
+            Some(name) => {
+                let mut raw = [0u8; 12];
+                raw[..name.len()].copy_from_slice(name.as_bytes());
+                (Command::from_wire(raw)?, rest)
+            }
+            None => {
+                log::debug!("ignoring v2 message with unknown short id {id}");
+                return Ok(None);
+            }
+        }
+    };
+    payload::decode(&command, body).map(Some)
+}
+
 fn write_type(message: &NetworkMessage, out: &mut Vec<u8>) -> Result<(), WireError> {
     match short_id(message.cmd()).filter(|_| !matches!(message, NetworkMessage::Unknown { .. })) {
         Some(id) => out.push(id),
@@ -522,3 +541,6 @@ fn oversize(message: &NetworkMessage, len: usize, max: usize) -> WireError {
         max: u32::try_from(max).unwrap_or(u32::MAX),
     }
 }
+
+#[cfg(test)]
+mod tests;
