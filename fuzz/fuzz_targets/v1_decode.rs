@@ -24,52 +24,24 @@ use bitcoin::p2p::message::NetworkMessage;
 use libfuzzer_sys::fuzz_target;
 use peerlink::codec::{Codec, Decoded};
 use peerlink::wire::V1Codec;
+use peerlink::wire::payload::KNOWN_COMMANDS;
 use peerlink::wire::v1::{HEADER_LEN, checksum};
 
 /// Every command peerlink decodes to a typed message, then a few unknown ones.
-const COMMANDS: [&str; 40] = [
-    "version",
-    "verack",
-    "addr",
-    "inv",
-    "getdata",
-    "notfound",
-    "getblocks",
-    "getheaders",
-    "mempool",
-    "tx",
-    "block",
-    "headers",
-    "sendheaders",
-    "getaddr",
-    "ping",
-    "pong",
-    "merkleblock",
-    "filterload",
-    "filteradd",
-    "filterclear",
-    "getcfilters",
-    "cfilter",
-    "getcfheaders",
-    "cfheaders",
-    "getcfcheckpt",
-    "cfcheckpt",
-    "sendcmpct",
-    "cmpctblock",
-    "getblocktxn",
-    "blocktxn",
-    "alert",
-    "reject",
-    "feefilter",
-    "wtxidrelay",
-    "addrv2",
-    "sendaddrv2",
+const COMMANDS: [&str; 40] = {
+    let mut all = [""; 40];
+    let mut i = 0;
+    while i < KNOWN_COMMANDS.len() {
+        all[i] = KNOWN_COMMANDS[i];
+        i += 1;
+    }
     // Unknown commands: passed through as `NetworkMessage::Unknown`.
-    "sendtemplate",
-    "",
-    "Ping",
-    "x y~",
-];
+    all[36] = "sendtemplate";
+    all[37] = "";
+    all[38] = "Ping";
+    all[39] = "x y~";
+    all
+};
 const KNOWN: usize = 36;
 
 fn padded(command: &str) -> [u8; 12] {

@@ -12,6 +12,47 @@ use bitcoin::p2p::message::{CommandString, NetworkMessage};
 
 use super::{Command, WireError};
 
+/// Every command decoded to a typed [`NetworkMessage`] variant; any other
+/// command becomes [`NetworkMessage::Unknown`].
+pub const KNOWN_COMMANDS: [&str; 36] = [
+    "version",
+    "verack",
+    "addr",
+    "inv",
+    "getdata",
+    "notfound",
+    "getblocks",
+    "getheaders",
+    "mempool",
+    "tx",
+    "block",
+    "headers",
+    "sendheaders",
+    "getaddr",
+    "ping",
+    "pong",
+    "merkleblock",
+    "filterload",
+    "filteradd",
+    "filterclear",
+    "getcfilters",
+    "cfilter",
+    "getcfheaders",
+    "cfheaders",
+    "getcfcheckpt",
+    "cfcheckpt",
+    "sendcmpct",
+    "cmpctblock",
+    "getblocktxn",
+    "blocktxn",
+    "alert",
+    "reject",
+    "feefilter",
+    "wtxidrelay",
+    "addrv2",
+    "sendaddrv2",
+];
+
 /// Decodes the payload of a `command` message. Unknown commands become
 /// [`NetworkMessage::Unknown`]; for known ones every byte must be used.
 pub fn decode(command: &Command, mut body: &[u8]) -> Result<NetworkMessage, WireError> {

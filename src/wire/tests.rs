@@ -759,45 +759,7 @@ impl Driver {
     }
 }
 
-/// Every command rust-bitcoin 0.32 decodes to a typed message.
-const KNOWN_COMMANDS: [&str; 36] = [
-    "version",
-    "verack",
-    "addr",
-    "inv",
-    "getdata",
-    "notfound",
-    "getblocks",
-    "getheaders",
-    "mempool",
-    "tx",
-    "block",
-    "headers",
-    "sendheaders",
-    "getaddr",
-    "ping",
-    "pong",
-    "merkleblock",
-    "filterload",
-    "filteradd",
-    "filterclear",
-    "getcfilters",
-    "cfilter",
-    "getcfheaders",
-    "cfheaders",
-    "getcfcheckpt",
-    "cfcheckpt",
-    "sendcmpct",
-    "cmpctblock",
-    "getblocktxn",
-    "blocktxn",
-    "alert",
-    "reject",
-    "feefilter",
-    "wtxidrelay",
-    "addrv2",
-    "sendaddrv2",
-];
+use super::payload::KNOWN_COMMANDS;
 
 fn arb_bytes32() -> impl Strategy<Value = [u8; 32]> {
     any::<[u8; 32]>()
