@@ -64,7 +64,7 @@ pub fn decode(command: &Command, mut body: &[u8]) -> Result<NetworkMessage, Wire
         };
     }
     let message = match command.as_str() {
-        "version" => NetworkMessage::Version(d!()),
+        "version" => NetworkMessage::Version(decode_version(r).map_err(err)?),
         "verack" => NetworkMessage::Verack,
         "addr" => NetworkMessage::Addr(d!()),
         "inv" => NetworkMessage::Inv(d!()),
@@ -117,6 +117,29 @@ pub fn decode(command: &Command, mut body: &[u8]) -> Result<NetworkMessage, Wire
         return Err(WireError::TrailingBytes { command: *command, extra: body.len() });
     }
     Ok(message)
+}
+
+/// `version`, accepting a missing BIP37 relay byte as `relay = true` like
+/// Bitcoin Core (rust-bitcoin 0.32 requires the byte; peers before 70001 and
+/// some implementations omit it).
+fn decode_version(r: &mut &[u8]) -> Result<bitcoin::p2p::message_network::VersionMessage, encode::Error> {
+    let body = *r;
+    match Decodable::consensus_decode_from_finite_reader(r) {
+        Err(encode::Error::Io(e)) if e.kind() == bitcoin::io::ErrorKind::UnexpectedEof => {
+            // Version messages are small: the copy is bounded by the payload.
+            let mut with_relay = Vec::with_capacity(body.len() + 1);
+            with_relay.extend_from_slice(body);
+            with_relay.push(1);
+            let mut retry = with_relay.as_slice();
+            let v = Decodable::consensus_decode_from_finite_reader(&mut retry)?;
+            if !retry.is_empty() {
+                return Err(encode::Error::ParseFailed("truncated version message"));
+            }
+            *r = &body[body.len()..];
+            Ok(v)
+        }
+        other => other,
+    }
 }
 
 /// `headers` carries a transaction count (always zero) after each header.

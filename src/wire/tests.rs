@@ -614,14 +614,24 @@ fn noncanonical_relay_flag_decodes_as_true_and_reencodes_canonically() {
 }
 
 #[test]
-fn version_without_relay_flag_is_refused() {
-    // rust-bitcoin 0.32 requires the BIP37 relay byte (Core treats it as
-    // optional, defaulting to true); pinned so a change is noticed.
+fn version_without_relay_flag_is_accepted_as_relay_true() {
+    // rust-bitcoin 0.32 requires the BIP37 relay byte; Core treats it as
+    // optional, defaulting to true, and so do we.
     let mut bytes = hex(VERSION_70015);
-    bytes.pop();
+    let relay = bytes.pop();
+    assert_eq!(relay, Some(1));
     bytes[16..24].copy_from_slice(&hex("65000000 f4105c7f"));
-    let err = decode_err(mainnet(), &bytes);
-    assert!(matches!(err, WireError::Payload { source: encode::Error::Io(_), .. }), "{err:?}");
+    let mut codec = mainnet();
+    match codec.decode(&bytes, &mut Vec::new()).unwrap() {
+        Decoded::Message { message: NetworkMessage::Version(v), consumed } => {
+            assert!(v.relay);
+            assert_eq!(consumed, bytes.len());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A version cut shorter than that is still refused.
+    let short = super::payload::decode(&cmd("version"), &hex(VERSION_70015)[24..60]).unwrap_err();
+    assert!(matches!(short, WireError::Payload { .. }), "{short:?}");
 }
 
 #[test]
@@ -953,7 +963,16 @@ fn canonical_frame(frame: &[u8]) -> Vec<u8> {
         _ => None,
     };
     if let Some(i) = bool_at {
-        payload[i] = u8::from(payload[i] != 0);
+        // A version without the relay byte is read as relay = true.
+        let full = match super::payload::decode(&command, &payload) {
+            Ok(NetworkMessage::Version(v)) => bitcoin::consensus::serialize(&v).len(),
+            _ => payload.len(),
+        };
+        if full == payload.len() + 1 {
+            payload.push(1);
+        } else {
+            payload[i] = u8::from(payload[i] != 0);
+        }
     }
     let mut f = frame[..16].to_vec();
     f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
