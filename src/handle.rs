@@ -222,12 +222,18 @@ impl<M> Drop for Inner<M> {
 /// it wakes the reactor only when it may be asleep.
 pub struct Handle<C: Codec = BitcoinCodec> {
     inner: Arc<Inner<C::Message>>,
-    events: Receiver<Event<C::Message, C::Error>>,
+    /// Events come in batches, one per reactor round (or per
+    /// [`EVENT_BATCH`](crate::reactor::EVENT_BATCH) events): one channel
+    /// operation and at most one wake-up per batch instead of per event.
+    events: Receiver<Vec<Event<C::Message, C::Error>>>,
+    /// The rest of the batch this clone received last.
+    local: Mutex<std::collections::VecDeque<Event<C::Message, C::Error>>>,
 }
 
 impl<C: Codec> Clone for Handle<C> {
+    /// A new handle to the same reactor, with its own (empty) batch buffer.
     fn clone(&self) -> Self {
-        Handle { inner: Arc::clone(&self.inner), events: self.events.clone() }
+        Handle { inner: Arc::clone(&self.inner), events: self.events.clone(), local: Mutex::default() }
     }
 }
 
@@ -240,12 +246,26 @@ impl<C: Codec> std::fmt::Debug for Handle<C> {
 impl<C: Codec> Handle<C> {
     pub(crate) fn new(
         commands: Sender<Cmd<C::Message>>,
-        events: Receiver<Event<C::Message, C::Error>>,
+        events: Receiver<Vec<Event<C::Message, C::Error>>>,
         shared: Arc<Shared>,
         thread: JoinHandle<()>,
         local_addrs: Vec<SocketAddr>,
     ) -> Self {
-        Handle { inner: Arc::new(Inner { commands, shared, thread: Mutex::new(Some(thread)), local_addrs }), events }
+        let inner = Arc::new(Inner { commands, shared, thread: Mutex::new(Some(thread)), local_addrs });
+        Handle { inner, events, local: Mutex::default() }
+    }
+
+    /// Pops from this clone's batch buffer.
+    fn pop_local(&self) -> Option<Event<C::Message, C::Error>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    }
+
+    /// Keeps a received batch and returns its first event.
+    fn take_batch(&self, batch: Vec<Event<C::Message, C::Error>>) -> Option<Event<C::Message, C::Error>> {
+        self.consumed();
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        local.extend(batch);
+        local.pop_front()
     }
 
     fn command(&self, cmd: Cmd<C::Message>) -> Result<(), ReactorGone> {
@@ -337,28 +357,43 @@ impl<C: Codec> Handle<C> {
     /// Blocks until the next event. `None` once the reactor has stopped and
     /// every event has been received.
     pub fn recv(&self) -> Option<Event<C::Message, C::Error>> {
-        let event = self.events.recv().ok();
-        self.consumed();
-        event
+        if let Some(event) = self.pop_local() {
+            return Some(event);
+        }
+        loop {
+            let batch = self.events.recv().ok()?;
+            if let Some(event) = self.take_batch(batch) {
+                return Some(event);
+            }
+        }
     }
 
     /// The next event if one is ready. `Err(Disconnected)` once the reactor
     /// has stopped and every event has been received.
     pub fn try_recv(&self) -> Result<Event<C::Message, C::Error>, TryRecvError> {
-        let event = self.events.try_recv();
-        if event.is_ok() {
-            self.consumed();
+        if let Some(event) = self.pop_local() {
+            return Ok(event);
         }
-        event
+        loop {
+            let batch = self.events.try_recv()?;
+            if let Some(event) = self.take_batch(batch) {
+                return Ok(event);
+            }
+        }
     }
 
     /// Waits up to `timeout` for the next event.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event<C::Message, C::Error>, RecvTimeoutError> {
-        let event = self.events.recv_timeout(timeout);
-        if event.is_ok() {
-            self.consumed();
+        if let Some(event) = self.pop_local() {
+            return Ok(event);
         }
-        event
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let batch = self.events.recv_deadline(deadline)?;
+            if let Some(event) = self.take_batch(batch) {
+                return Ok(event);
+            }
+        }
     }
 
     /// A blocking iterator over events; it ends when the reactor stops.

@@ -163,13 +163,19 @@ impl<C: Codec, P> Conn<C, P> {
     }
 }
 
-/// The event side: a bounded channel, plus an overflow queue that is only
-/// used while the channel is full. While anything is in the overflow queue
-/// no socket is read and no connection accepted, so it holds at most one
-/// decoded message plus events caused by user commands and timers.
+/// The event side: a bounded channel of event batches. Events of one round
+/// are collected in `batch` and sent together at the end of the round (or
+/// once `batch_max` have gathered): one channel operation and at most one
+/// wake-up of the consumer per batch. When the channel is full the batch
+/// waits in `overflow` and the reactor is paused: no socket is read and no
+/// connection accepted until the user catches up, so `overflow` holds at most
+/// one decoded message beyond a full batch, plus events caused by user
+/// commands (bounded by the in-flight cap) and timers.
 pub(super) struct Outbox<M, E> {
-    pub(super) tx: Sender<Event<M, E>>,
-    pub(super) overflow: VecDeque<Event<M, E>>,
+    pub(super) tx: Sender<Vec<Event<M, E>>>,
+    pub(super) batch: Vec<Event<M, E>>,
+    pub(super) batch_max: usize,
+    pub(super) overflow: VecDeque<Vec<Event<M, E>>>,
     pub(super) shared: Arc<Shared>,
 }
 
@@ -179,29 +185,34 @@ impl<M, E> Outbox<M, E> {
     }
 
     pub(super) fn emit(&mut self, event: Event<M, E>) {
-        if !self.overflow.is_empty() {
-            self.overflow.push_back(event);
-            return;
-        }
-        match self.tx.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(event)) => {
-                self.overflow.push_back(event);
-                self.shared.events_blocked.store(true, Ordering::SeqCst);
-                // The consumer may have made room before it could see the flag.
-                self.flush();
-            }
-            Err(TrySendError::Disconnected(_)) => {}
+        self.batch.push(event);
+        if self.batch.len() >= self.batch_max {
+            self.send_batch();
         }
     }
 
-    /// Moves overflow into the channel while there is room.
+    /// Hands the current batch to the consumer, or parks it in `overflow`.
+    pub(super) fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_max.min(64)));
+        self.overflow.push_back(batch);
+        self.flush();
+        if !self.overflow.is_empty() {
+            self.shared.events_blocked.store(true, Ordering::SeqCst);
+            // The consumer may have made room before it could see the flag.
+            self.flush();
+        }
+    }
+
+    /// Moves parked batches into the channel while there is room.
     pub(super) fn flush(&mut self) {
-        while let Some(event) = self.overflow.pop_front() {
-            match self.tx.try_send(event) {
+        while let Some(batch) = self.overflow.pop_front() {
+            match self.tx.try_send(batch) {
                 Ok(()) => {}
-                Err(TrySendError::Full(event)) => {
-                    self.overflow.push_front(event);
+                Err(TrySendError::Full(batch)) => {
+                    self.overflow.push_front(batch);
                     self.shared.events_blocked.store(true, Ordering::SeqCst);
                     return;
                 }

@@ -35,6 +35,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Connections accepted per listener per round.
 const ACCEPT_BUDGET: usize = 256;
+/// Most events sent to the user in one batch.
+pub(crate) const EVENT_BATCH: usize = 256;
 /// Commands applied per round before sockets are served again.
 const COMMAND_BUDGET: usize = 4096;
 /// Buffers at most this large are kept when they empty; larger ones are freed
@@ -175,7 +177,9 @@ pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
     });
     let protocol = protocol(&shared);
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-    let (ev_tx, ev_rx) = crossbeam_channel::bounded(config.event_capacity.max(1));
+    // Capacity in events, as configured: batches of up to EVENT_BATCH events.
+    let batch_max = config.event_capacity.clamp(1, EVENT_BATCH);
+    let (ev_tx, ev_rx) = crossbeam_channel::bounded((config.event_capacity / batch_max).max(1));
     let reactor = Reactor {
         poll,
         listeners,
@@ -184,7 +188,7 @@ pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
         protocol,
         proto_out: Vec::new(),
         cmd_rx,
-        out: Outbox { tx: ev_tx, overflow: VecDeque::new(), shared: Arc::clone(&shared) },
+        out: Outbox { tx: ev_tx, batch: Vec::new(), batch_max, overflow: VecDeque::new(), shared: Arc::clone(&shared) },
         shared: Arc::clone(&shared),
         scratch: vec![0; READ_CHUNK],
         read_queue: VecDeque::new(),
@@ -240,6 +244,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.apply_commands();
             self.serve_writes();
             self.fire_timers();
+            self.out.send_batch();
             self.shared.wake_async();
 
             let accept_ready = self.listeners.iter().any(|l| l.pending && l.backoff_until.is_none());
@@ -275,7 +280,9 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         for (_, mut conn) in self.conns.drain() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
-        // Async receivers must see the end of the stream.
+        // Deliver what this round produced, then let async receivers see the
+        // end of the stream.
+        self.out.send_batch();
         drop(self.out);
         self.shared.async_waiting.store(true, Ordering::SeqCst);
         self.shared.wake_async();
