@@ -241,6 +241,9 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.out.flush();
             self.accept_pending();
             self.serve_reads();
+            // What the reads produced goes to the user before we turn to
+            // commands and writes.
+            self.out.send_batch();
             self.apply_commands();
             self.serve_writes();
             self.fire_timers();
