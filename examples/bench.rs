@@ -850,6 +850,8 @@ fn peerlink_many(p: &Params, bytes: &Arc<Vec<u8>>) -> BenchResult<ManyConns> {
     // per-connection key generation).
     let mut config = raw_config(TransportPolicy::V1Only);
     config.listen.push("127.0.0.1:0".parse()?);
+    // 1,000 inbound peers: above the default cap of 125.
+    config.max_inbound = 10_000;
     let server = peerlink::start(config)?;
     let clients = Clients::spawn(server.local_addrs()[0], conns, p.w4_client_threads, bytes);
     thread::sleep(Duration::from_millis(50)); // let the client threads settle at the gate

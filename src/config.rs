@@ -23,6 +23,9 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `TIMEOUT_INTERVAL` (src/net.h), 20 minutes, is its inactivity limit.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
+/// Bitcoin Core's `DEFAULT_MAX_PEER_CONNECTIONS` (src/net.h).
+pub const DEFAULT_MAX_INBOUND: usize = 125;
+
 /// Default per-peer cap on messages on their way to the reactor.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
@@ -71,6 +74,9 @@ pub struct Config {
     pub event_capacity: usize,
     /// Bytes read and written per peer per round. Default 256 KiB.
     pub io_budget: usize,
+    /// Inbound connections kept at once; more are closed as soon as they are
+    /// accepted. Default 125 (Bitcoin Core's `-maxconnections`).
+    pub max_inbound: usize,
     /// Messages per peer accepted by [`Handle::send`](crate::Handle::send)
     /// but not yet taken by the reactor; more are refused until the reactor
     /// catches up, which bounds the command queue. Default 4096.
@@ -102,6 +108,7 @@ impl Config {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             io_budget: DEFAULT_IO_BUDGET,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_inbound: DEFAULT_MAX_INBOUND,
             mode: Mode::Session,
             transport: TransportPolicy::V2Preferred,
             session: SessionConfig::default(),

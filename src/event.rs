@@ -221,6 +221,9 @@ pub enum SendError<E = WireError> {
     UnknownPeer,
     /// The peer is being disconnected after a flush and takes no new messages.
     Closing,
+    /// The peer disconnected (or its connection failed) before the message,
+    /// held until then, could be sent.
+    Disconnected,
     /// The codec could not encode the message (too large, for example).
     Encode(E),
 }
@@ -230,6 +233,7 @@ impl<E: fmt::Display> fmt::Display for SendError<E> {
         match self {
             SendError::UnknownPeer => f.write_str("unknown peer"),
             SendError::Closing => f.write_str("peer is closing"),
+            SendError::Disconnected => f.write_str("peer disconnected before the message was sent"),
             SendError::Encode(e) => write!(f, "cannot encode message: {e}"),
         }
     }

@@ -226,14 +226,17 @@ pub struct Handle<C: Codec = BitcoinCodec> {
     /// [`EVENT_BATCH`](crate::reactor::EVENT_BATCH) events): one channel
     /// operation and at most one wake-up per batch instead of per event.
     events: Receiver<Vec<Event<C::Message, C::Error>>>,
-    /// The rest of the batch this clone received last.
-    local: Mutex<std::collections::VecDeque<Event<C::Message, C::Error>>>,
+    /// The rest of the last batch received, shared by all clones so that no
+    /// event is stranded in a clone that stops receiving.
+    local: SharedBatch<C>,
 }
 
+/// Events received from the channel but not yet handed out.
+type SharedBatch<C> = Arc<Mutex<std::collections::VecDeque<Event<<C as Codec>::Message, <C as Codec>::Error>>>>;
+
 impl<C: Codec> Clone for Handle<C> {
-    /// A new handle to the same reactor, with its own (empty) batch buffer.
     fn clone(&self) -> Self {
-        Handle { inner: Arc::clone(&self.inner), events: self.events.clone(), local: Mutex::default() }
+        Handle { inner: Arc::clone(&self.inner), events: self.events.clone(), local: Arc::clone(&self.local) }
     }
 }
 
@@ -252,7 +255,7 @@ impl<C: Codec> Handle<C> {
         local_addrs: Vec<SocketAddr>,
     ) -> Self {
         let inner = Arc::new(Inner { commands, shared, thread: Mutex::new(Some(thread)), local_addrs });
-        Handle { inner, events, local: Mutex::default() }
+        Handle { inner, events, local: Arc::default() }
     }
 
     /// Pops from this clone's batch buffer.
@@ -349,7 +352,7 @@ impl<C: Codec> Handle<C> {
     /// waiting for one.
     fn consumed(&self) {
         let shared = &self.inner.shared;
-        if shared.events_blocked.load(Ordering::Relaxed) && shared.events_blocked.swap(false, Ordering::SeqCst) {
+        if shared.events_blocked.load(Ordering::SeqCst) && shared.events_blocked.swap(false, Ordering::SeqCst) {
             shared.wake();
         }
     }
@@ -387,7 +390,7 @@ impl<C: Codec> Handle<C> {
         if let Some(event) = self.pop_local() {
             return Ok(event);
         }
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = crate::reactor::later(std::time::Instant::now(), timeout);
         loop {
             let batch = self.events.recv_deadline(deadline)?;
             if let Some(event) = self.take_batch(batch) {

@@ -301,7 +301,7 @@ impl Session {
             peer: None,
             features: Features::default(),
             sent_wtxidrelay: false,
-            handshake_deadline: now + config.handshake_timeout,
+            handshake_deadline: later(now, config.handshake_timeout),
             ping: None,
             next_ping: now,
             last_rtt: None,
@@ -497,7 +497,7 @@ impl Session {
             let nonce = self.next_nonce();
             out.push(NetworkMessage::Ping(nonce));
             self.ping = Some((nonce, now));
-            self.next_ping = now + config.ping_interval;
+            self.next_ping = later(now, config.ping_interval);
         }
     }
 
@@ -532,10 +532,16 @@ impl Session {
             return self.handshake_deadline;
         }
         match self.ping {
-            Some((_, sent)) => sent + config.ping_timeout,
+            Some((_, sent)) => later(sent, config.ping_timeout),
             None => self.next_ping,
         }
     }
+}
+
+/// `at + d`, saturating far in the future: a timeout of `Duration::MAX`
+/// means "never".
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Context the session needs from its environment for one message.

@@ -15,6 +15,9 @@ use crate::handle::{Gate, Shared};
 use crate::peer::{PeerInfo, PeerStats};
 use crate::protocol::Protocol;
 
+/// Most forwarded session messages kept for a peer before `Ready`.
+const MAX_BEFORE_READY: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     Connecting,
@@ -41,6 +44,13 @@ pub(super) struct Conn<C: Codec, P> {
     /// Length of the incomplete frame, once the codec knows it.
     pub(super) rx_frame_len: Option<usize>,
     pub(super) frame_started: Option<Instant>,
+    /// A frame timer is in the heap.
+    pub(super) frame_armed: bool,
+    /// Reading is paused while our send queue is over the limit (Core's
+    /// `fPauseSend`): a peer that makes us answer cannot grow the queue.
+    pub(super) read_paused: bool,
+    /// Deadline of this connection attempt's connect timer.
+    pub(super) connect_deadline: Option<Instant>,
     pub(super) tx: Vec<u8>,
     pub(super) tx_pos: usize,
     pub(super) tx_progress: Instant,
@@ -52,6 +62,13 @@ pub(super) struct Conn<C: Codec, P> {
     pub(super) gate: Arc<Gate>,
     /// User messages that arrived while the send buffer was over its limit.
     pub(super) held: VecDeque<C::Message>,
+    /// Session messages forwarded (by configuration) before the peer was
+    /// announced; delivered right after `Ready`.
+    pub(super) before_ready: Vec<(C::Message, usize)>,
+    /// Our side is flushed and shut down; we read and discard until the peer
+    /// closes (or the linger timer fires), so that closing cannot reset the
+    /// connection and lose what we sent.
+    pub(super) lingering: bool,
     pub(super) connected_at: Instant,
     pub(super) last_send: Option<Instant>,
     pub(super) last_recv: Option<Instant>,
@@ -89,6 +106,9 @@ impl<C: Codec, P> Conn<C, P> {
             rx: Vec::new(),
             rx_frame_len: None,
             frame_started: None,
+            frame_armed: false,
+            read_paused: false,
+            connect_deadline: None,
             tx: Vec::new(),
             tx_pos: 0,
             tx_progress: now,
@@ -98,6 +118,8 @@ impl<C: Codec, P> Conn<C, P> {
             in_write_queue: false,
             gate,
             held: VecDeque::new(),
+            before_ready: Vec::new(),
+            lingering: false,
             connected_at: now,
             last_send: None,
             last_recv: None,
@@ -118,7 +140,12 @@ impl<C: Codec, P> Conn<C, P> {
         &mut self,
         protocol: &mut Pr,
         messages: &mut Vec<C::Message>,
+        now: Instant,
     ) -> Result<(), DisconnectReason<C::Error>> {
+        if self.queued() == 0 && !messages.is_empty() {
+            // The stall clock starts when the queue stops being empty.
+            self.tx_progress = now;
+        }
         for message in messages.drain(..) {
             let before = self.tx.len();
             self.codec.encode(&message, &mut self.tx).map_err(DisconnectReason::Codec)?;
@@ -235,9 +262,16 @@ pub(super) fn decode_all<C: Codec, Pr: Protocol<Message = C::Message>>(
     out: &mut Outbox<C::Message, C::Error>,
     buf: &[u8],
     now: Instant,
+    send_limit: usize,
 ) -> Result<usize, DisconnectReason<C::Error>> {
     let mut used = 0;
-    while !out.paused() && used < buf.len() {
+    // Stop, leaving the rest buffered, when the event channel is full or when
+    // our answers (pongs, handshake replies) have filled the send queue.
+    while !out.paused() && used < buf.len() && conn.queued() <= send_limit {
+        if conn.queued() == 0 {
+            // Bytes the codec may queue (a handshake reply) start the stall clock.
+            conn.tx_progress = now;
+        }
         let result = conn.codec.decode(&buf[used..], &mut conn.tx);
         // A raw-mode peer is announced the moment its transport is up, before
         // any message that came in the same read.
@@ -255,20 +289,34 @@ pub(super) fn decode_all<C: Codec, Pr: Protocol<Message = C::Message>>(
             Ok(Decoded::Message { message, consumed }) => {
                 used += consumed;
                 conn.rx_frame_len = None;
+                conn.frame_started = None;
                 conn.msgs_in += 1;
                 let delivered = protocol
                     .received(&mut conn.proto, message, consumed, now, scratch_out)
                     .map_err(DisconnectReason::Session)?;
-                conn.queue_protocol(protocol, scratch_out)?;
+                conn.queue_protocol(protocol, scratch_out, now)?;
                 if protocol.take_ready(&mut conn.proto) {
                     conn.announced = true;
                     out.emit(Event::Ready { peer: conn.id, info: Box::new(conn.info(protocol)) });
+                    // Session messages forwarded before Ready follow it.
+                    for (message, wire_size) in conn.before_ready.drain(..) {
+                        out.emit(Event::Message { peer: conn.id, message, wire_size });
+                    }
                 }
                 if let Some(message) = delivered {
-                    out.emit(Event::Message { peer: conn.id, message, wire_size: consumed });
+                    if conn.announced {
+                        out.emit(Event::Message { peer: conn.id, message, wire_size: consumed });
+                    } else if conn.before_ready.len() < MAX_BEFORE_READY {
+                        conn.before_ready.push((message, consumed));
+                    } else {
+                        log::debug!("peer {}: dropping a forwarded message before the handshake", conn.id);
+                    }
                 }
             }
-            Ok(Decoded::Consumed(consumed)) => used += consumed.clamp(1, buf.len() - used),
+            Ok(Decoded::Consumed(consumed)) => {
+                used += consumed.clamp(1, buf.len() - used);
+                conn.frame_started = None;
+            }
             Err(e) => return Err(DisconnectReason::Codec(e)),
         }
     }

@@ -35,6 +35,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Connections accepted per listener per round.
 const ACCEPT_BUDGET: usize = 256;
+/// How long a flushed connection waits for the peer to close before we
+/// close it ourselves.
+const LINGER: Duration = Duration::from_secs(2);
 /// Most events sent to the user in one batch.
 pub(crate) const EVENT_BATCH: usize = 256;
 /// Commands applied per round before sockets are served again.
@@ -130,6 +133,8 @@ enum Timer {
     Proto(u64),
     /// The transport handshake (BIP324) must be done by then.
     Transport(u64),
+    /// End of the linger after a flushed disconnect.
+    Linger(u64),
     Accept(usize),
 }
 
@@ -199,6 +204,7 @@ pub(crate) fn spawn<C: Codec, P: Protocol<Message = C::Message>>(
         pool: Pool::default(),
         rng: crate::rng::Rng::from_os(),
         v1_peers: V1Cache::default(),
+        inbound: 0,
     };
     let thread = std::thread::Builder::new()
         .name("peerlink-reactor".into())
@@ -228,6 +234,8 @@ struct Reactor<C: Codec, P: Protocol<Message = C::Message>> {
     rng: crate::rng::Rng,
     /// Peers that only speak v1 (BIP324 fallback), bounded.
     v1_peers: V1Cache,
+    /// Live inbound connections.
+    inbound: usize,
 }
 
 impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
@@ -357,7 +365,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         let flushed = conn.closing && conn.queued() == 0 && conn.held.is_empty();
         self.maybe_announce(id);
         if flushed {
-            self.close(id, DisconnectReason::Flushed);
+            self.start_linger(id);
         }
     }
 
@@ -378,6 +386,11 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             }
             match self.listeners[i].socket.accept() {
                 Ok((mut stream, remote)) => {
+                    if self.inbound >= self.config.max_inbound {
+                        log::debug!("refusing {remote}: {} inbound peers (the maximum)", self.inbound);
+                        drop(stream);
+                        continue;
+                    }
                     let (id, gate) = self.shared.allocate_peer();
                     let _ = stream.set_nodelay(true);
                     let interest = Interest::READABLE | Interest::WRITABLE;
@@ -399,6 +412,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                     if let Some(conn) = self.conns.get_mut(&id.0) {
                         conn.local = local;
                     }
+                    self.inbound += 1;
                     self.maybe_announce(id.0);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -416,8 +430,17 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                     self.timers.push(Reverse((until, Timer::Accept(i))));
                     return;
                 }
-                // ECONNABORTED and similar concern one connection only.
-                Err(e) => log::debug!("accept: {e}"),
+                // The connection was gone before we took it: that one only.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => log::debug!("accept: {e}"),
+                // Anything else (ENOBUFS, ENOMEM, EPERM...) would fail again at
+                // once: back off rather than spin.
+                Err(e) => {
+                    log::warn!("accept: {e}; retrying in {} ms", ACCEPT_BACKOFF.as_millis());
+                    let until = self.now + ACCEPT_BACKOFF;
+                    self.listeners[i].backoff_until = Some(until);
+                    self.timers.push(Reverse((until, Timer::Accept(i))));
+                    return;
+                }
             }
         }
     }
@@ -441,7 +464,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         let mut conn = Conn::new(id, stream, codec, proto, state, direction, addr, gate, self.now);
         conn.tx = tx;
         conn.held = held;
-        if let Err(e) = conn.queue_protocol(&mut self.protocol, &mut self.proto_out) {
+        if let Err(e) = conn.queue_protocol(&mut self.protocol, &mut self.proto_out, self.now) {
             self.protocol.closed(&conn.proto);
             return Err(e);
         }
@@ -458,7 +481,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         let handshaking = !conn.codec.is_established();
         self.conns.insert(id.0, conn);
         if handshaking {
-            let at = self.now + self.config.session.handshake_timeout;
+            let at = later(self.now, self.config.session.handshake_timeout);
             self.timers.push(Reverse((at, Timer::Transport(id.0))));
         }
         if has_tx {
@@ -466,6 +489,41 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         }
         self.schedule_proto(id.0);
         Ok(())
+    }
+
+    /// Sends our FIN, then reads and discards until the peer closes (or
+    /// [`LINGER`] passes): closing with unread input would reset the
+    /// connection and could destroy what we just sent.
+    fn start_linger(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.lingering {
+            return;
+        }
+        let _ = conn.stream.shutdown(Shutdown::Write);
+        conn.lingering = true;
+        if !conn.in_read_queue {
+            conn.in_read_queue = true;
+            self.read_queue.push_back(id);
+        }
+        self.timers.push(Reverse((later(self.now, LINGER), Timer::Linger(id))));
+    }
+
+    /// Drops timers of closed connections once they outnumber the live ones,
+    /// so connection churn cannot grow the heap.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 4 * self.conns.len() + 4096 {
+            return;
+        }
+        let conns = &self.conns;
+        self.timers.retain(|Reverse((_, timer))| match timer {
+            Timer::Accept(_) => true,
+            Timer::Connect(id)
+            | Timer::Stall(id)
+            | Timer::Frame(id)
+            | Timer::Proto(id)
+            | Timer::Transport(id)
+            | Timer::Linger(id) => conns.contains_key(id),
+        });
     }
 
     /// Announces a raw-mode peer once its transport is established.
@@ -557,10 +615,9 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             Disconnect::Now => self.close(peer.0, DisconnectReason::Requested),
             Disconnect::AfterFlush => {
                 if let Some(conn) = self.conns.get_mut(&peer.0) {
+                    conn.closing = true;
                     if conn.queued() == 0 && conn.held.is_empty() && conn.state == State::Open {
-                        self.close(peer.0, DisconnectReason::Flushed);
-                    } else {
-                        conn.closing = true;
+                        self.start_linger(peer.0);
                     }
                 }
             }
@@ -596,7 +653,11 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(error) });
             return;
         }
-        self.timers.push(Reverse((self.now + self.config.connect_timeout, Timer::Connect(peer.0))));
+        let at = later(self.now, self.config.connect_timeout);
+        if let Some(conn) = self.conns.get_mut(&peer.0) {
+            conn.connect_deadline = Some(at);
+        }
+        self.timers.push(Reverse((at, Timer::Connect(peer.0))));
     }
 
     fn send(&mut self, peer: PeerId, message: C::Message) {
@@ -656,8 +717,12 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
     fn arm_stall(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if !conn.stall_armed {
+            // Disarmed means the queue was empty when last checked: the
+            // peer owes us nothing older than now.
             conn.stall_armed = true;
-            self.timers.push(Reverse((conn.tx_progress + self.config.stall_timeout, Timer::Stall(id))));
+            conn.tx_progress = conn.tx_progress.max(self.now);
+            let at = later(conn.tx_progress, self.config.stall_timeout);
+            self.timers.push(Reverse((at, Timer::Stall(id))));
         }
     }
 
@@ -691,7 +756,8 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             return Ok(());
         }
         let rx = std::mem::take(&mut conn.rx);
-        let result = decode_all(conn, &mut self.protocol, &mut self.proto_out, &mut self.out, &rx, self.now);
+        let limit = self.config.send_buffer_limit;
+        let result = decode_all(conn, &mut self.protocol, &mut self.proto_out, &mut self.out, &rx, self.now, limit);
         conn.rx = rx;
         conn.rx.drain(..result?);
         Ok(())
@@ -710,8 +776,31 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             if self.out.paused() {
                 return Ok(true);
             }
+            let limit = self.config.send_buffer_limit;
             let Some(conn) = self.conns.get_mut(&id) else { return Ok(false) };
             if conn.state == State::Connecting {
+                return Ok(false);
+            }
+            if conn.lingering {
+                // Flushed and shut down: discard input until the peer closes.
+                match conn.stream.read(scratch) {
+                    Ok(0) => return Err(DisconnectReason::Flushed),
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        if budget == 0 {
+                            return Ok(true);
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(DisconnectReason::Flushed),
+                }
+            }
+            if conn.queued() > limit {
+                // Like Core's fPauseSend: read nothing more until the peer
+                // has taken what we owe it. `write` resumes us.
+                conn.read_paused = true;
                 return Ok(false);
             }
             let result = if conn.rx.is_empty() {
@@ -740,6 +829,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                             &mut self.out,
                             &scratch[..n],
                             self.now,
+                            limit,
                         )?;
                         if used < n {
                             self.pool.fill(&mut conn.rx);
@@ -776,8 +866,12 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                 self.pool.put(&mut conn.rx);
             }
         } else if conn.frame_started.is_none() {
+            // A frame is under way since now (each completed frame resets it).
             conn.frame_started = Some(self.now);
-            self.timers.push(Reverse((self.now + self.config.frame_timeout, Timer::Frame(id))));
+            if !conn.frame_armed {
+                conn.frame_armed = true;
+                self.timers.push(Reverse((later(self.now, self.config.frame_timeout), Timer::Frame(id))));
+            }
         }
         let queued = conn.queued();
         if queued > self.config.send_buffer_limit {
@@ -855,10 +949,16 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             if conn.tx.capacity() > KEEP_BUFFER {
                 self.pool.put(&mut conn.tx);
             }
-            if conn.closing && conn.held.is_empty() {
-                let _ = conn.stream.shutdown(Shutdown::Write);
-                self.close(id, DisconnectReason::Flushed);
+            if conn.closing && conn.held.is_empty() && !conn.lingering {
+                self.start_linger(id);
                 return Ok(false);
+            }
+        }
+        if conn.read_paused && conn.queued() <= limit {
+            conn.read_paused = false;
+            if !conn.in_read_queue {
+                conn.in_read_queue = true;
+                self.read_queue.push_back(id);
             }
         }
         if conn.queued() <= limit / 2 {
@@ -883,7 +983,12 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                     self.listeners[i].pending = true;
                 }
                 Timer::Connect(id) => {
-                    if self.conns.get(&id).is_some_and(|c| c.state == State::Connecting) {
+                    // The v1 fallback reuses the id: only this attempt's timer counts.
+                    if self
+                        .conns
+                        .get(&id)
+                        .is_some_and(|c| c.state == State::Connecting && c.connect_deadline == Some(at))
+                    {
                         let timeout = self.config.connect_timeout;
                         let io = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
                         self.close_connecting(id, ConnectError::Timeout(timeout), io);
@@ -895,22 +1000,27 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                     let queued = conn.queued();
                     if queued == 0 {
                         conn.stall_armed = false;
-                    } else if conn.tx_progress + timeout <= self.now {
+                    } else if later(conn.tx_progress, timeout) <= self.now {
                         self.close(id, DisconnectReason::SendStalled { queued, timeout });
                     } else {
-                        self.timers.push(Reverse((conn.tx_progress + timeout, Timer::Stall(id))));
+                        self.timers.push(Reverse((later(conn.tx_progress, timeout), Timer::Stall(id))));
                     }
                 }
                 Timer::Frame(id) => {
                     let timeout = self.config.frame_timeout;
                     let Some(conn) = self.conns.get_mut(&id) else { continue };
                     match conn.frame_started {
-                        Some(t) if t + timeout <= self.now => {
+                        Some(t) if later(t, timeout) <= self.now => {
                             let received = conn.rx.len();
                             self.close(id, DisconnectReason::FrameTimeout { received, timeout });
                         }
-                        Some(t) => self.timers.push(Reverse((t + timeout, Timer::Frame(id)))),
-                        None => {}
+                        Some(t) => self.timers.push(Reverse((later(t, timeout), Timer::Frame(id)))),
+                        None => conn.frame_armed = false,
+                    }
+                }
+                Timer::Linger(id) => {
+                    if self.conns.get(&id).is_some_and(|c| c.lingering) {
+                        self.close(id, DisconnectReason::Flushed);
                     }
                 }
                 Timer::Transport(id) => {
@@ -928,7 +1038,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                     let result = self.protocol.tick(&mut conn.proto, self.now, &mut self.proto_out);
                     let result = result
                         .map_err(DisconnectReason::Session)
-                        .and_then(|()| conn.queue_protocol(&mut self.protocol, &mut self.proto_out));
+                        .and_then(|()| conn.queue_protocol(&mut self.protocol, &mut self.proto_out, self.now));
                     match result {
                         Ok(()) => self.after_read(id),
                         Err(reason) => {
@@ -946,7 +1056,15 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         self.shared.remove_gate(conn.id);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.protocol.closed(&conn.proto);
+        self.hand_back_held(&mut conn);
         self.out.emit(Event::ConnectFailed { peer: conn.id, addr: conn.addr, error });
+    }
+
+    /// Messages accepted by `send` but never encoded go back to the user.
+    fn hand_back_held(&mut self, conn: &mut Conn<C, P::Conn>) {
+        for message in conn.held.drain(..) {
+            self.out.emit(Event::SendRejected { peer: conn.id, message, reason: SendError::Disconnected });
+        }
     }
 
     /// Removes a connection and reports it: `ConnectFailed` if it never
@@ -977,12 +1095,21 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             log::debug!("peer {} at {} sent nothing back to v2: retrying as v1", conn.id, conn.addr);
             self.v1_peers.insert(conn.addr);
             let held = std::mem::take(&mut conn.held);
+            let closing = conn.closing;
             self.connect(conn.id, conn.addr, Arc::clone(&conn.gate), codec, held);
+            if let Some(retry) = self.conns.get_mut(&id) {
+                retry.closing = closing;
+            }
             return;
         }
         self.shared.remove_gate(conn.id);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.protocol.closed(&conn.proto);
+        self.compact_timers();
+        if conn.direction == Direction::Inbound {
+            self.inbound = self.inbound.saturating_sub(1);
+        }
+        self.hand_back_held(&mut conn);
         log::debug!("peer {} ({} {}) disconnected: {}", conn.id, conn.direction, conn.addr, DisplayReason(&reason));
         self.out.emit(Event::Disconnected { peer: conn.id, reason });
     }
@@ -993,6 +1120,12 @@ impl<E: std::fmt::Display> std::fmt::Display for DisplayReason<'_, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// `at + d`, saturating far in the future (a "disabled" timeout may be
+/// `Duration::MAX`).
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Grows `rx` to hold `needed` bytes: doubling, but never past the validated

@@ -207,28 +207,36 @@ fn cbf_client_syncs_and_matches_scripts() {
 
 #[test]
 fn cbf_client_refuses_peer_without_compact_filters() {
+    // A raw-mode listener that answers the handshake by hand, so it sees
+    // every byte the client sends (a session listener would keep messages
+    // back until the handshake completed).
     let mut config = Config::new(NET);
+    config.mode = peerlink::Mode::Raw;
     config.listen.push(localhost());
-    config.session.services = ServiceFlags::NETWORK | ServiceFlags::WITNESS;
-    config.session.forward_session_messages = true;
     let handle = peerlink::start(config).expect("start listener");
     let addr = handle.local_addrs()[0];
 
-    let (ok, stdout, stderr) = cbf_client(addr, &[]);
-    assert!(!ok, "cbf_client accepted a peer without NODE_COMPACT_FILTERS:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("NODE_COMPACT_FILTERS"), "output does not name the missing service:\n{stdout}\n{stderr}");
-
+    let client = std::thread::spawn(move || cbf_client(addr, &[]));
     // Everything the listener got from the client, until it went away.
     let deadline = Instant::now() + WAIT;
     let mut received = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match handle.recv_timeout(left).expect("timed out waiting for the client to disconnect") {
-            Event::Message { message, .. } => received.push(message),
+            Event::Message { peer, message, .. } => {
+                if let NetworkMessage::Version(theirs) = &message {
+                    let mut ours = theirs.clone();
+                    ours.services = ServiceFlags::NETWORK | ServiceFlags::WITNESS;
+                    ours.nonce ^= 1;
+                    ours.user_agent = "/no-filters/".into();
+                    let _ = handle.send(peer, NetworkMessage::Version(ours));
+                    let _ = handle.send(peer, NetworkMessage::Verack);
+                }
+                received.push(message);
+            }
             Event::Disconnected { reason, .. } => {
-                // The client hung up (a FIN, or a reset if our handshake
-                // messages were still unread): no session or codec violation,
-                // which a BIP157 request before `version` would have been.
+                // The client hung up: no codec violation, which a BIP157
+                // request before `version` would have been.
                 assert!(
                     matches!(reason, DisconnectReason::PeerClosed | DisconnectReason::Io(_)),
                     "listener saw {reason}"
@@ -238,6 +246,9 @@ fn cbf_client_refuses_peer_without_compact_filters() {
             _ => {}
         }
     }
+    let (ok, stdout, stderr) = client.join().expect("client thread");
+    assert!(!ok, "cbf_client accepted a peer without NODE_COMPACT_FILTERS:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("NODE_COMPACT_FILTERS"), "output does not name the missing service:\n{stdout}\n{stderr}");
     let commands: Vec<String> = received.iter().map(|m| m.command().as_ref().to_owned()).collect();
     assert!(
         received.iter().any(|m| matches!(m, NetworkMessage::Version(_))),

@@ -13,3 +13,10 @@ mod reactor;
 mod regressions;
 mod session;
 mod v2;
+
+/// Session mode with a test user agent.
+pub fn session_test_config() -> peerlink::Config {
+    let mut config = peerlink::Config::new(common::NET);
+    config.session.user_agent_name = Some("test".into());
+    config
+}

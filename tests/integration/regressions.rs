@@ -224,3 +224,77 @@ fn bug8_port_zero_address_is_discoverable() {
     let _s = TcpStream::connect(addr).unwrap();
     connected(&server);
 }
+
+/// Review finding: a peer that makes us answer (pings) while reading slowly
+/// grew our send buffer without limit. Reading now pauses while the send
+/// queue is over its limit, as Core's fPauseSend.
+#[test]
+fn ping_flood_with_a_slow_reader_cannot_grow_our_send_queue() {
+    let mut config = crate::session_test_config();
+    config.listen.push(localhost());
+    config.send_buffer_limit = 64 * 1024;
+    config.transport = peerlink::wire::TransportPolicy::V1Only;
+    let (server, addr) = listener_with(config);
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    // Handshake by hand, then pings that we never read the answers of.
+    let version = crate::v2::version_message_for_tests();
+    write_all(&mut raw, &encode(NET, &NetworkMessage::Version(version)));
+    write_all(&mut raw, &encode(NET, &NetworkMessage::Verack));
+    let peer = wait_for(&server, |e| match e {
+        Event::Ready { peer, .. } => Some(peer),
+        _ => None,
+    });
+    let ping = encode(NET, &NetworkMessage::Ping(1));
+    let flood = ping.repeat(4096); // 128 KiB per write
+    let mut writer = raw.try_clone().unwrap();
+    writer.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    // Write until TCP pushes back: the reactor has stopped reading us.
+    let mut blocked_rounds = 0;
+    while blocked_rounds < 50 && sent < 512 * 1024 * 1024 {
+        match std::io::Write::write(&mut writer, &flood) {
+            Ok(n) => {
+                sent += n;
+                blocked_rounds = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                blocked_rounds += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    assert!(sent < 512 * 1024 * 1024, "the reactor kept reading a peer that does not read");
+    let stats = server.peer_stats(peer).unwrap().expect("still connected");
+    assert!(stats.send_queue <= 64 * 1024 + 4096, "send queue {} over the limit plus one message", stats.send_queue);
+}
+
+/// Review finding: our own periodic ping, queued while the peer had been
+/// silent for longer than the stall timeout, got the peer dropped with a
+/// false SendStalled.
+#[test]
+fn our_ping_to_a_quiet_peer_is_not_a_stall() {
+    let mut config = crate::session_test_config();
+    config.listen.push(localhost());
+    config.session.ping_interval = Duration::from_millis(400);
+    config.stall_timeout = Duration::from_millis(150);
+    let (server, addr) = listener_with(config);
+    let mut client_config = crate::session_test_config();
+    client_config.session.ping_interval = Duration::from_secs(3600);
+    let client = peerlink::start(client_config).unwrap();
+    client.connect(addr).unwrap();
+    let peer = wait_for(&server, |e| match e {
+        Event::Ready { peer, .. } => Some(peer),
+        _ => None,
+    });
+    // Several ping intervals pass; the quiet but healthy client must stay.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        if let Ok(Event::Disconnected { reason, .. }) = server.recv_timeout(left) {
+            panic!("healthy peer dropped: {reason}");
+        }
+    }
+    let stats = server.peer_stats(peer).unwrap().expect("still connected");
+    assert!(stats.last_ping.is_some(), "pings were answered");
+}

@@ -212,7 +212,8 @@ impl V2Codec {
     }
 
     fn max_contents(&self) -> usize {
-        self.max_payload as usize + MAX_TYPE_LEN
+        // The length prefix has 24 bits.
+        (self.max_payload as usize + MAX_TYPE_LEN).min((1 << 24) - 1)
     }
 
     /// Builds our key pair and garbage from 32 bytes of entropy.
@@ -339,6 +340,17 @@ impl V2Codec {
     }
 
     fn decode_packet(&mut self, input: &[u8]) -> Result<Decoded<NetworkMessage>, WireError> {
+        let result = self.decode_packet_inner(input);
+        // A large packet (message, decoy or ignored id) must not pin its
+        // buffer on an idle connection.
+        if self.plain.capacity() > 64 * 1024 {
+            self.plain = Vec::new();
+        }
+        result
+    }
+
+    fn decode_packet_inner(&mut self, input: &[u8]) -> Result<Decoded<NetworkMessage>, WireError> {
+        let max = self.max_contents();
         let cipher = self.cipher.as_mut().ok_or(WireError::V2Handshake("no keys"))?;
         // The length prefix is decrypted once (the length cipher moves per
         // packet) but consumed with the packet, so that a message's reported
@@ -350,7 +362,6 @@ impl V2Codec {
                     return Ok(Decoded::NeedMore { frame_len: None });
                 };
                 let len = cipher.decrypt_length(*bytes);
-                let max = self.max_payload as usize + MAX_TYPE_LEN;
                 if len > max {
                     return Err(WireError::V2Oversize { length: len, max });
                 }
@@ -375,15 +386,11 @@ impl V2Codec {
             // The version packet's contents are reserved for future use and
             // ignored (BIP324).
             self.state = State::Ready;
-            self.plain = Vec::new();
             return Ok(Decoded::Consumed(packet_len));
         }
         let Some(message) = decode_contents(&self.plain[HEADER_LEN..contents_end])? else {
             return Ok(Decoded::Consumed(packet_len));
         };
-        if self.plain.capacity() > 64 * 1024 {
-            self.plain = Vec::new();
-        }
         // The reactor reports wire sizes including framing.
         Ok(Decoded::Message { message, consumed: packet_len })
     }
@@ -448,7 +455,10 @@ impl Codec for V2Codec {
                 // No keys yet: keep the contents until the handshake sends them.
                 let start = self.early.len();
                 self.early.extend_from_slice(&[0; 4]);
-                write_type(message, &mut self.early)?;
+                if let Err(e) = write_type(message, &mut self.early) {
+                    self.early.truncate(start);
+                    return Err(e);
+                }
                 payload::encode(message, &mut self.early);
                 let len = self.early.len() - start - 4;
                 if len > max_contents {
