@@ -371,3 +371,32 @@ fn local_addrs_match_listen_order() {
     assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
     assert!(addrs.iter().all(|a| a.port() != 0));
 }
+
+#[test]
+fn inbound_connections_beyond_the_cap_are_closed() {
+    let mut config = listener_config();
+    config.max_inbound = 2;
+    let (server, addr) = listener_with(config);
+    let (_a, _) = raw_peer(&server, addr);
+    let (_b, _) = raw_peer(&server, addr);
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(read_to_close(&mut third).is_empty(), "the third connection is closed at once");
+    assert_eq!(server.peers().unwrap().len(), 2);
+}
+
+#[test]
+fn events_are_not_stranded_in_a_dropped_clone() {
+    let (client, c, server, _) = pair();
+    for i in 0..10 {
+        client.send(c, NetworkMessage::Ping(i)).unwrap();
+    }
+    let clone = server.clone();
+    let (_, first) = message(&clone);
+    assert_eq!(first, NetworkMessage::Ping(0));
+    drop(clone);
+    for i in 1..10 {
+        let (_, m) = message(&server);
+        assert_eq!(m, NetworkMessage::Ping(i), "the rest reach the other handle, in order");
+    }
+}
