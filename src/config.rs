@@ -56,9 +56,12 @@ pub struct Config {
     /// Largest payload accepted or sent, in bytes. Default: Bitcoin Core's
     /// `MAX_PROTOCOL_MESSAGE_LENGTH`, 4,000,000.
     pub max_message_len: u32,
-    /// A message is refused (and handed back) while more than this many bytes
-    /// are queued for the peer, so a peer's queue never exceeds this plus one
-    /// maximum message. Default 1,000,000.
+    /// Bytes queued for one peer above which [`Handle::send`](crate::Handle::send)
+    /// refuses (and hands back) further messages, the reactor stops reading
+    /// that peer, and messages already on their way wait, unencoded, until the
+    /// queue drains. The encoded queue never exceeds this plus one maximum
+    /// message; waiting messages are bounded by [`Config::max_in_flight`].
+    /// Default 1,000,000 (Core's `-maxsendbuffer`).
     pub send_buffer_limit: usize,
     /// Outbound connect timeout. Default 10 s.
     pub connect_timeout: Duration,

@@ -284,7 +284,13 @@ impl<C: Codec> Handle<C> {
     }
 
     /// Starts connecting to `addr` and returns the id the peer will have.
-    /// Either [`Event::Connected`] or [`Event::ConnectFailed`] follows.
+    ///
+    /// Exactly one of these follows: [`Event::ConnectFailed`] (no TCP
+    /// connection), or the announcement ([`Event::Connected`] in raw mode,
+    /// [`Event::Ready`] in session mode) and later [`Event::Disconnected`],
+    /// or [`Event::Disconnected`] alone when the connection ended before the
+    /// transport or session handshake completed. Messages sent before the
+    /// announcement are held and sent, in order, once the peer is ready.
     pub fn connect(&self, addr: SocketAddr) -> Result<PeerId, ReactorGone> {
         let (peer, gate) = self.inner.shared.allocate_peer();
         if let Err(e) = self.command(Cmd::Connect { peer, addr, gate }) {
