@@ -277,8 +277,8 @@ fn ping_flood_with_a_slow_reader_cannot_grow_our_send_queue() {
 fn our_ping_to_a_quiet_peer_is_not_a_stall() {
     let mut config = crate::session_test_config();
     config.listen.push(localhost());
-    config.session.ping_interval = Duration::from_millis(400);
-    config.stall_timeout = Duration::from_millis(150);
+    config.session.ping_interval = Duration::from_millis(700);
+    config.stall_timeout = Duration::from_millis(300);
     let (server, addr) = listener_with(config);
     let mut client_config = crate::session_test_config();
     client_config.session.ping_interval = Duration::from_secs(3600);
@@ -289,7 +289,7 @@ fn our_ping_to_a_quiet_peer_is_not_a_stall() {
         _ => None,
     });
     // Several ping intervals pass; the quiet but healthy client must stay.
-    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
     while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
         if let Ok(Event::Disconnected { reason, .. }) = server.recv_timeout(left) {
             panic!("healthy peer dropped: {reason}");
