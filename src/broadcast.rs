@@ -139,7 +139,9 @@ struct Target {
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let tx: bitcoin::Transaction = todo!();
+/// // A signed transaction, as your wallet serialised it.
+/// let hex = "0200000001aad73931018bd25f84ae400b68848be09db706eac2ac18298babee71ab656f8b0000000048473044022058f6fc7c6a33e1b31548d481c826c015bd30135aad42cd67790dab66d2ad243b02204a1ced2604c6735b6393e5b41691dd78b00f0c5942fb9f751856faa938157dba01feffffff0280f0fa020000000017a9140fb9463421696b82c833af241c78c17ddbde493487d0f20a270100000017a91429ca74f8a08f81999428185c97b5d852e4063f618765000000";
+/// let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(hex)?;
 /// let config = peerlink::Config::new(bitcoin::Network::Regtest);
 /// let peers = ["127.0.0.1:18444".parse()?];
 /// let outcomes = peerlink::broadcast::broadcast(config, &tx, &peers, std::time::Duration::from_secs(30))?;

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -29,13 +29,10 @@ pub fn bcoin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop").join("bcoin")
 }
 
-/// How long to wait for another process's `npm ci` (a lock left by a
-/// killed process is reported after this).
-const INSTALL_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// Runs `npm ci` in `interop/bcoin` unless bcoin is installed already.
 /// Concurrent installers are serialised: threads of this binary by a mutex,
-/// other processes by a lock directory (`create_dir` is atomic).
+/// other processes by an advisory lock on `interop/bcoin/.install.lock`
+/// (blocking, released when the file closes, even if the holder dies).
 fn ensure_installed() {
     static INSTALL: Mutex<()> = Mutex::new(());
     let dir = bcoin_dir();
@@ -47,7 +44,10 @@ fn ensure_installed() {
     if installed() {
         return;
     }
-    let _across_processes = DirLock::acquire(dir.join(".install.lock"));
+    let lock_path = dir.join(".install.lock");
+    let lock =
+        std::fs::File::create(&lock_path).unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
+    lock.lock().unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
     if installed() {
         return;
     }
@@ -74,37 +74,6 @@ fn ensure_installed() {
         String::from_utf8_lossy(&output.stderr),
     );
     assert!(installed(), "`npm {subcommand}` succeeded but node_modules/bcoin is missing");
-}
-
-/// A lock held by the existence of a directory; removed on drop.
-struct DirLock(PathBuf);
-
-impl DirLock {
-    fn acquire(path: PathBuf) -> DirLock {
-        let start = Instant::now();
-        loop {
-            match std::fs::create_dir(&path) {
-                Ok(()) => return DirLock(path),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    assert!(
-                        start.elapsed() < INSTALL_LOCK_TIMEOUT,
-                        "{} still exists after {INSTALL_LOCK_TIMEOUT:?}: another npm install is stuck, or a \
-                         killed one left it behind (remove it)",
-                        path.display()
-                    );
-                    // Polling another process's lock; no event to wait on.
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("cannot create lock directory {}: {e}", path.display()),
-            }
-        }
-    }
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 /// A running bcoin node. Dropping it kills the process.
@@ -142,7 +111,7 @@ impl Bcoin {
         // Keep the node's log; forward it to the test's (captured) output.
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("bcoin: {line}");
                 log2.lock().expect("stderr log lock").push(line);
@@ -169,9 +138,12 @@ impl Bcoin {
         let line = match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) => line,
             Err(e) => {
-                // Give the stderr thread a moment to collect the reason.
-                std::thread::sleep(Duration::from_millis(200));
+                // Stop the node and let the stderr reader reach EOF, so the
+                // log below is complete.
                 let status = node.child.try_wait().ok().flatten();
+                let _ = node.child.kill();
+                let _ = node.child.wait();
+                let _ = stderr_reader.join();
                 panic!(
                     "bcoin did not become ready ({e}; exit status {status:?}). Last lines of its log:\n{}",
                     node.stderr_tail()
