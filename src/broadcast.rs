@@ -157,7 +157,7 @@ pub fn broadcast(
     config.mode = Mode::Session;
     config.listen.clear();
     let start = Instant::now();
-    let deadline = crate::reactor::later(start, timeout);
+    let deadline = crate::session::later(start, timeout);
     let handle = crate::start(config)?;
     let txid = tx.compute_txid();
     let wtxid = tx.compute_wtxid();

@@ -396,7 +396,7 @@ impl<C: Codec> Handle<C> {
         if let Some(event) = self.pop_local() {
             return Ok(event);
         }
-        let deadline = crate::reactor::later(std::time::Instant::now(), timeout);
+        let deadline = crate::session::later(std::time::Instant::now(), timeout);
         loop {
             let batch = self.events.recv_deadline(deadline)?;
             if let Some(event) = self.take_batch(batch) {

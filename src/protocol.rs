@@ -106,11 +106,7 @@ impl Bitcoin {
     }
 
     fn random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        crate::session::splitmix64(&mut self.rng)
     }
 }
 
@@ -119,22 +115,16 @@ fn unix_time() -> i64 {
 }
 
 fn count(stats: &mut Vec<CommandStats>, message: &NetworkMessage, wire_size: usize, inbound: bool) {
-    let command = message.command();
-    let name = command.as_ref();
-    let entry = match stats.iter().position(|c| c.command == name) {
+    // Unknown commands share one entry, so a peer cannot grow the list.
+    let key = match message {
+        NetworkMessage::Unknown { .. } => "(unknown)",
+        known => known.cmd(),
+    };
+    let entry = match stats.iter().position(|c| c.command == key) {
         Some(i) => &mut stats[i],
         None => {
-            // Bounded by the number of distinct commands a peer can send in
-            // its lifetime; unknown commands are pooled to keep it so.
-            let pooled = matches!(message, NetworkMessage::Unknown { .. });
-            let key = if pooled { "(unknown)" } else { name };
-            match stats.iter().position(|c| c.command == key) {
-                Some(i) => &mut stats[i],
-                None => {
-                    stats.push(CommandStats { command: key.to_owned(), ..CommandStats::default() });
-                    stats.last_mut().expect("just pushed")
-                }
-            }
+            stats.push(CommandStats { command: key.to_owned(), ..CommandStats::default() });
+            stats.last_mut().expect("just pushed")
         }
     };
     if inbound {
@@ -178,14 +168,7 @@ impl Protocol for Bitcoin {
         count(&mut conn.commands, &message, wire_size, true);
         if self.mode == Mode::Raw {
             if let NetworkMessage::Version(v) = &message {
-                conn.raw_version = Some(crate::session::PeerVersion {
-                    version: v.version,
-                    services: v.services,
-                    user_agent: v.user_agent.clone(),
-                    start_height: v.start_height,
-                    relay: v.relay,
-                    nonce: v.nonce,
-                });
+                conn.raw_version = Some(crate::session::PeerVersion::from_message(v));
             }
             return Ok(Some(message));
         }

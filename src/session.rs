@@ -136,13 +136,8 @@ impl SessionConfig {
             }
             ua.push('/');
         }
-        if ua.len() > MAX_SUBVERSION_LENGTH {
-            let mut end = MAX_SUBVERSION_LENGTH;
-            while !ua.is_char_boundary(end) {
-                end -= 1;
-            }
-            ua.truncate(end);
-        }
+        let end = cap_len(&ua);
+        ua.truncate(end);
         ua
     }
 }
@@ -252,6 +247,22 @@ pub struct PeerVersion {
     pub nonce: u64,
 }
 
+impl PeerVersion {
+    /// The details of a `version` message, with the user agent cut to
+    /// [`MAX_SUBVERSION_LENGTH`] bytes (at a character boundary).
+    pub fn from_message(v: &VersionMessage) -> PeerVersion {
+        let end = cap_len(&v.user_agent);
+        PeerVersion {
+            version: v.version,
+            services: v.services,
+            user_agent: v.user_agent[..end].to_owned(),
+            start_height: v.start_height,
+            relay: v.relay,
+            nonce: v.nonce,
+        }
+    }
+}
+
 /// Handshake progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -351,13 +362,9 @@ impl Session {
     }
 
     fn next_nonce(&mut self) -> u64 {
-        // splitmix64: ping nonces only need to be unpredictable enough to
-        // match answers; the seed comes from the caller's random source.
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        // Ping nonces only need to be unpredictable enough to match answers;
+        // the seed comes from the caller's random source.
+        splitmix64(&mut self.rng)
     }
 
     fn version_message(&self, config: &SessionConfig, start_height: i32, unix_time: i64) -> NetworkMessage {
@@ -409,21 +416,7 @@ impl Session {
                 if self.direction == Direction::Inbound && (ctx.is_local_nonce)(v.nonce) {
                     return Err(SessionError::SelfConnection);
                 }
-                self.peer = Some(PeerVersion {
-                    version: v.version,
-                    services: v.services,
-                    user_agent: {
-                        // MAX_SUBVERSION_LENGTH counts bytes, not characters.
-                        let mut end = v.user_agent.len().min(MAX_SUBVERSION_LENGTH);
-                        while !v.user_agent.is_char_boundary(end) {
-                            end -= 1;
-                        }
-                        v.user_agent[..end].to_owned()
-                    },
-                    start_height: v.start_height,
-                    relay: v.relay,
-                    nonce: v.nonce,
-                });
+                self.peer = Some(PeerVersion::from_message(v));
                 if self.direction == Direction::Inbound {
                     out.push(self.version_message(config, ctx.start_height, ctx.unix_time));
                 }
@@ -538,9 +531,28 @@ impl Session {
     }
 }
 
+/// Length of `s` cut to [`MAX_SUBVERSION_LENGTH`] bytes at a character
+/// boundary (the limit counts bytes, not characters).
+fn cap_len(s: &str) -> usize {
+    let mut end = s.len().min(MAX_SUBVERSION_LENGTH);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// splitmix64: a small generator for nonces, seeded from a random source.
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// `at + d`, saturating far in the future: a timeout of `Duration::MAX`
 /// means "never".
-fn later(at: Instant, d: Duration) -> Instant {
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d).unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 

@@ -19,6 +19,8 @@
 
 #![no_main]
 
+mod common;
+
 use bitcoin::p2p::Magic;
 use bitcoin::p2p::message::NetworkMessage;
 use libfuzzer_sys::fuzz_target;
@@ -69,17 +71,7 @@ fn structured(mut body: &[u8]) -> Vec<u8> {
     while let Some((&c, rest)) = body.split_first() {
         body = rest;
         let command = COMMANDS[usize::from(c & 0x3f) % COMMANDS.len()];
-        let len = if c & 0x80 != 0 {
-            let Some((&[lo, hi], rest)) = body.split_first_chunk::<2>() else { break };
-            body = rest;
-            usize::from(u16::from_le_bytes([lo, hi]))
-        } else {
-            let Some((&l, rest)) = body.split_first() else { break };
-            body = rest;
-            usize::from(l)
-        };
-        let (payload, rest) = body.split_at(len.min(body.len()));
-        body = rest;
+        let Some(payload) = common::take_record(&mut body, c & 0x80 != 0) else { break };
         frame(&mut out, command, payload, c & 0x40 != 0);
     }
     out

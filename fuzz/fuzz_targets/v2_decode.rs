@@ -38,6 +38,8 @@
 
 #![no_main]
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -300,17 +302,7 @@ fn records(mut body: &[u8], limit: usize) -> (Vec<NetworkMessage>, Vec<NetworkMe
     while let Some((&c, rest)) = body.split_first() {
         body = rest;
         let command = COMMANDS[usize::from(c & 0x3f) % COMMANDS.len()];
-        let len = if c & 0x80 != 0 {
-            let Some((&[lo, hi], rest)) = body.split_first_chunk::<2>() else { break };
-            body = rest;
-            usize::from(u16::from_le_bytes([lo, hi]))
-        } else {
-            let Some((&l, rest)) = body.split_first() else { break };
-            body = rest;
-            usize::from(l)
-        };
-        let (bytes, rest) = body.split_at(len.min(body.len()));
-        body = rest;
+        let Some(bytes) = common::take_record(&mut body, c & 0x80 != 0) else { break };
         // Long form (and this check) needs contents within the limit.
         if bytes.len() + 13 > limit {
             continue;
@@ -405,17 +397,7 @@ fn hand_built(body: &[u8], receiver_initiator: bool, limit: usize) -> (Vec<u8>, 
     }
     while let Some((&flags, rest)) = body.split_first() {
         body = rest;
-        let len = if flags & 0x80 != 0 {
-            let Some((&[lo, hi], rest)) = body.split_first_chunk::<2>() else { break };
-            body = rest;
-            usize::from(u16::from_le_bytes([lo, hi]))
-        } else {
-            let Some((&l, rest)) = body.split_first() else { break };
-            body = rest;
-            usize::from(l)
-        };
-        let (bytes, rest) = body.split_at(len.min(body.len()));
-        body = rest;
+        let Some(bytes) = common::take_record(&mut body, flags & 0x80 != 0) else { break };
         let mut contents = Vec::with_capacity(bytes.len() + 13);
         match flags & 0x3 {
             // Raw contents: the first byte is the message type.

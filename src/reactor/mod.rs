@@ -28,6 +28,7 @@ use crate::error::StartError;
 use crate::event::{ConnectError, Direction, DisconnectReason, Event, PeerId, SendError};
 use crate::handle::{Cmd, Disconnect, Handle, Query, Shared};
 use crate::protocol::{Link, Passthrough, Protocol};
+use crate::session::later;
 
 /// Size of one read from a socket (Bitcoin Core reads 64 KiB per round).
 const READ_CHUNK: usize = 64 * 1024;
@@ -1120,12 +1121,6 @@ impl<E: std::fmt::Display> std::fmt::Display for DisplayReason<'_, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
-}
-
-/// `at + d`, saturating far in the future (a "disabled" timeout may be
-/// `Duration::MAX`).
-pub(crate) fn later(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d).unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Grows `rx` to hold `needed` bytes: doubling, but never past the validated
