@@ -406,7 +406,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                     if let Err(e) =
                         self.insert_conn(id, stream, Direction::Inbound, remote, State::Open, gate, codec, held)
                     {
-                        log::debug!("cannot start connection from {remote}: {}", DisplayReason(&e));
+                        log::debug!("cannot start connection from {remote}: {}", e);
                         self.shared.remove_gate(id);
                         continue;
                     }
@@ -650,7 +650,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         if let Err(e) = self.insert_conn(peer, stream, Direction::Outbound, addr, State::Connecting, gate, codec, held)
         {
             self.shared.remove_gate(peer);
-            let error = io::Error::other(format!("cannot start connection: {}", DisplayReason(&e)));
+            let error = io::Error::other(format!("cannot start connection: {}", e));
             self.out.emit(Event::ConnectFailed { peer, addr, error: ConnectError::Io(error) });
             return;
         }
@@ -991,8 +991,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                         .is_some_and(|c| c.state == State::Connecting && c.connect_deadline == Some(at))
                     {
                         let timeout = self.config.connect_timeout;
-                        let io = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-                        self.close_connecting(id, ConnectError::Timeout(timeout), io);
+                        self.close_connecting(id, ConnectError::Timeout(timeout));
                     }
                 }
                 Timer::Stall(id) => {
@@ -1052,7 +1051,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
         }
     }
 
-    fn close_connecting(&mut self, id: u64, error: ConnectError, _io: io::Error) {
+    fn close_connecting(&mut self, id: u64, error: ConnectError) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
         self.shared.remove_gate(conn.id);
         let _ = self.poll.registry().deregister(&mut conn.stream);
@@ -1076,7 +1075,7 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
                 DisconnectReason::Io(e) => ConnectError::Io(e),
                 _ => ConnectError::Cancelled,
             };
-            self.close_connecting(id, error, io::ErrorKind::Other.into());
+            self.close_connecting(id, error);
             return;
         }
         let Some(mut conn) = self.conns.remove(&id) else { return };
@@ -1111,15 +1110,8 @@ impl<C: Codec, P: Protocol<Message = C::Message>> Reactor<C, P> {
             self.inbound = self.inbound.saturating_sub(1);
         }
         self.hand_back_held(&mut conn);
-        log::debug!("peer {} ({} {}) disconnected: {}", conn.id, conn.direction, conn.addr, DisplayReason(&reason));
+        log::debug!("peer {} ({} {}) disconnected: {}", conn.id, conn.direction, conn.addr, reason);
         self.out.emit(Event::Disconnected { peer: conn.id, reason });
-    }
-}
-
-struct DisplayReason<'a, E>(&'a DisconnectReason<E>);
-impl<E: std::fmt::Display> std::fmt::Display for DisplayReason<'_, E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
     }
 }
 
