@@ -55,10 +55,10 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
-use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use peerlink::codec::{Codec, Transport};
 use peerlink::wire::{TransportPolicy, V1Codec};
 use peerlink::{Config, Event, Handle, PeerId};
+use peerlink::{RecvTimeoutError, TryRecvError};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -411,7 +411,7 @@ fn send_all(
     while let Some(message) = held.take().or_else(|| source.next()) {
         match handle.send(peer, message) {
             Ok(()) => {}
-            Err(refused) if refused.reason == peerlink::Refusal::BufferFull => {
+            Err(refused) if refused.reason.is_backpressure() => {
                 stats.rejected += 1;
                 held = Some(refused.message);
                 // Wait for the buffer to drain.

@@ -140,7 +140,7 @@ fn run(args: &Args) -> Result<(), String> {
                 break;
             }
             Event::Disconnected {
-                reason: DisconnectReason::Session(SessionError::MissingServices { announced, .. }),
+                reason: DisconnectReason::Protocol(SessionError::MissingServices { announced, .. }),
                 ..
             } => {
                 return Err(format!(

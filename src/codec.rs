@@ -42,6 +42,9 @@
 //! ```
 
 use std::error::Error;
+use std::net::SocketAddr;
+
+use crate::types::Direction;
 
 /// What [`Codec::start`] is told about the new connection.
 #[derive(Debug, Clone)]
@@ -91,7 +94,10 @@ pub enum Decoded<M> {
 /// - `decode` must not panic on any input. An `Err` disconnects the peer, so
 ///   it must only be returned for input that is really invalid.
 /// - Progress: `Consumed(n)` needs `n > 0`.
-pub trait Codec: Clone + Send + 'static {
+///
+/// The reactor makes one codec per connection through a [`Factory`]; any
+/// `Codec + Clone` is a factory that clones itself.
+pub trait Codec: Send + 'static {
     /// The message type users send and receive.
     type Message: Send + 'static;
     /// Why a frame was refused. It ends up in the peer's disconnect reason.
@@ -103,25 +109,10 @@ pub trait Codec: Clone + Send + 'static {
         Ok(())
     }
 
-    /// Whether the transport handshake (if any) is complete. The reactor
-    /// announces raw-mode peers only once it is.
+    /// Whether the transport handshake (if any) is complete. Until it is, no
+    /// user message is encoded and raw-mode peers are not announced.
     fn is_established(&self) -> bool {
         true
-    }
-
-    /// For an outbound connection that ended having received nothing after
-    /// sending at least 24 bytes: a codec to retry the same peer with (the
-    /// BIP324 v1 fallback). The reactor reconnects silently and remembers
-    /// the peer. Default: none.
-    fn fallback(&self) -> Option<Self> {
-        None
-    }
-
-    /// Whether the codec itself found that the peer cannot speak this
-    /// transport (for BIP324: a v1 node that spoke first). The reactor then
-    /// uses [`fallback`](Codec::fallback) even though bytes were received.
-    fn needs_fallback(&self) -> bool {
-        false
     }
 
     /// Decodes at most one message from the front of `input`. Bytes appended
@@ -138,6 +129,48 @@ pub trait Codec: Clone + Send + 'static {
     /// The transport this codec speaks, reported in peer info.
     fn transport(&self) -> Transport {
         Transport::Custom
+    }
+}
+
+/// How an outbound connection ended, for [`Factory::retry`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Ended<'a, C> {
+    /// The connection's codec, in its final state.
+    pub codec: &'a C,
+    /// Bytes received over the whole connection.
+    pub bytes_in: u64,
+    /// Bytes sent over the whole connection.
+    pub bytes_out: u64,
+    /// The connection ended without an error of ours or a violation by the
+    /// peer: the peer closed or reset it, or a handshake timer expired.
+    pub silent_close: bool,
+}
+
+/// Makes the codec of each new connection, and decides whether a failed
+/// outbound connection is retried with another codec (BIP324's v1 fallback
+/// lives behind this hook, in [`wire::BitcoinFactory`](crate::wire::BitcoinFactory)).
+pub trait Factory: Send + 'static {
+    /// The per-connection codec.
+    type Codec: Codec;
+
+    /// A codec for a new connection to or from `remote`.
+    fn make(&mut self, direction: Direction, remote: SocketAddr) -> Self::Codec;
+
+    /// An outbound connection to `remote` ended as `ended` says: a codec to
+    /// reconnect with, silently and under the same peer id, or `None` to
+    /// report the disconnect. Default: never retry.
+    fn retry(&mut self, _remote: SocketAddr, _ended: &Ended<'_, Self::Codec>) -> Option<Self::Codec> {
+        None
+    }
+}
+
+/// Every cloneable codec is its own factory: each connection gets a clone.
+impl<C: Codec + Clone> Factory for C {
+    type Codec = C;
+
+    fn make(&mut self, _direction: Direction, _remote: SocketAddr) -> C {
+        self.clone()
     }
 }
 

@@ -1,59 +1,23 @@
-//! Events the reactor reports, and the identifiers they carry.
+//! Events the reactor reports, generic over the [`Stack`] it speaks.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bitcoin::p2p::message::NetworkMessage;
+pub use crate::types::{Direction, PeerId};
 
-use crate::peer::PeerInfo;
-use crate::session::SessionError;
+use crate::stack::{Bitcoin, Stack};
 use crate::wire::WireError;
 
-/// Identifies one connection for its whole life. Ids come from one counter
-/// per reactor and are never reused, so an id held after its peer is gone can
-/// only miss, never hit another peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub(crate) u64);
-
-impl PeerId {
-    /// The id as a number (unique within one reactor).
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// Who opened a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// The peer connected to one of our listeners.
-    Inbound,
-    /// We connected to the peer.
-    Outbound,
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        })
-    }
-}
-
-/// Something that happened in the reactor. `M` is the codec's message type
-/// and `E` its error type; both default to the Bitcoin v1 codec's.
-#[derive(Debug)]
+/// Something that happened in the reactor. `S` names the message, error and
+/// peer-info types; it defaults to the Bitcoin stack.
 #[non_exhaustive]
-pub enum Event<M = NetworkMessage, E = WireError> {
-    /// A connection is established (TCP, before any handshake).
+pub enum Event<S: Stack = Bitcoin> {
+    /// Raw mode: a connection is ready for messages. The TCP connection is
+    /// up and the transport handshake, if the codec has one (BIP324), is
+    /// complete; no message of the peer is delivered before this event.
+    /// Session mode announces peers with [`Event::Ready`] instead.
     Connected {
         /// The new peer.
         peer: PeerId,
@@ -80,14 +44,14 @@ pub enum Event<M = NetworkMessage, E = WireError> {
         /// The peer.
         peer: PeerId,
         /// What the peer told us, and what was negotiated.
-        info: Box<PeerInfo>,
+        info: Box<S::Info>,
     },
     /// A message arrived.
     Message {
         /// Who sent it.
         peer: PeerId,
         /// The decoded message.
-        message: M,
+        message: S::Message,
         /// Its size on the wire, framing included, in bytes.
         wire_size: usize,
     },
@@ -98,7 +62,7 @@ pub enum Event<M = NetworkMessage, E = WireError> {
         /// The peer that is gone.
         peer: PeerId,
         /// Why.
-        reason: DisconnectReason<E>,
+        reason: DisconnectReason<S>,
     },
     /// A message accepted by [`Handle::send`](crate::Handle::send) could not
     /// be queued after all (the peer went away meanwhile, or the codec could
@@ -107,9 +71,9 @@ pub enum Event<M = NetworkMessage, E = WireError> {
         /// The peer it was meant for.
         peer: PeerId,
         /// The message, unchanged.
-        message: M,
+        message: S::Message,
         /// Why it was refused.
-        reason: SendError<E>,
+        reason: SendError<S::CodecError>,
     },
     /// The peer's send buffer, which made [`Handle::send`](crate::Handle::send)
     /// refuse a message, has drained to half of its limit: sending may resume.
@@ -117,6 +81,43 @@ pub enum Event<M = NetworkMessage, E = WireError> {
         /// The peer.
         peer: PeerId,
     },
+}
+
+impl<S: Stack> fmt::Debug for Event<S>
+where
+    S::Message: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Connected { peer, direction, local, remote } => f
+                .debug_struct("Connected")
+                .field("peer", peer)
+                .field("direction", direction)
+                .field("local", local)
+                .field("remote", remote)
+                .finish(),
+            Event::ConnectFailed { peer, addr, error } => {
+                f.debug_struct("ConnectFailed").field("peer", peer).field("addr", addr).field("error", error).finish()
+            }
+            Event::Ready { peer, info } => f.debug_struct("Ready").field("peer", peer).field("info", info).finish(),
+            Event::Message { peer, message, wire_size } => f
+                .debug_struct("Message")
+                .field("peer", peer)
+                .field("message", message)
+                .field("wire_size", wire_size)
+                .finish(),
+            Event::Disconnected { peer, reason } => {
+                f.debug_struct("Disconnected").field("peer", peer).field("reason", reason).finish()
+            }
+            Event::SendRejected { peer, message, reason } => f
+                .debug_struct("SendRejected")
+                .field("peer", peer)
+                .field("message", message)
+                .field("reason", reason)
+                .finish(),
+            Event::Writable { peer } => f.debug_struct("Writable").field("peer", peer).finish(),
+        }
+    }
 }
 
 /// Why an outbound connection could not be made.
@@ -134,7 +135,7 @@ pub enum ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Io(_) => f.write_str("connection refused or failed"),
             ConnectError::Timeout(d) => write!(f, "connect timed out after {} ms", d.as_millis()),
             ConnectError::Cancelled => f.write_str("connection attempt cancelled"),
         }
@@ -151,9 +152,12 @@ impl std::error::Error for ConnectError {
 }
 
 /// Why a connection ended.
-#[derive(Debug)]
+///
+/// Display describes this level only; the cause, where there is one, is the
+/// [`source`](std::error::Error::source) (print the chain with
+/// [`error::Report`](crate::error::Report)).
 #[non_exhaustive]
-pub enum DisconnectReason<E = WireError> {
+pub enum DisconnectReason<S: Stack = Bitcoin> {
     /// We asked for it with [`Disconnect::Now`](crate::Disconnect::Now).
     Requested,
     /// We asked for it with [`Disconnect::AfterFlush`](crate::Disconnect::AfterFlush)
@@ -164,9 +168,12 @@ pub enum DisconnectReason<E = WireError> {
     /// Reading or writing the socket failed.
     Io(io::Error),
     /// The peer sent bytes the codec refused.
-    Codec(E),
-    /// The peer broke the session protocol, or a session timer expired.
-    Session(SessionError),
+    Codec(S::CodecError),
+    /// The peer broke the protocol (the Bitcoin session), or one of the
+    /// protocol's timers expired.
+    Protocol(S::ProtocolError),
+    /// The codec's transport handshake (BIP324) did not complete in time.
+    TransportTimeout(Duration),
     /// The peer read nothing for the stall timeout while we had data queued.
     SendStalled {
         /// Bytes still queued.
@@ -183,15 +190,46 @@ pub enum DisconnectReason<E = WireError> {
     },
 }
 
-impl<E: fmt::Display> fmt::Display for DisconnectReason<E> {
+impl<S: Stack> DisconnectReason<S> {
+    /// Whether the peer sent provably invalid data (a codec or protocol
+    /// violation), as opposed to leaving, timing out or being dropped by us.
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(self, DisconnectReason::Codec(_) | DisconnectReason::Protocol(_))
+    }
+}
+
+impl<S: Stack> fmt::Debug for DisconnectReason<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::Requested => f.write_str("Requested"),
+            DisconnectReason::Flushed => f.write_str("Flushed"),
+            DisconnectReason::PeerClosed => f.write_str("PeerClosed"),
+            DisconnectReason::Io(e) => f.debug_tuple("Io").field(e).finish(),
+            DisconnectReason::Codec(e) => f.debug_tuple("Codec").field(e).finish(),
+            DisconnectReason::Protocol(e) => f.debug_tuple("Protocol").field(e).finish(),
+            DisconnectReason::TransportTimeout(d) => f.debug_tuple("TransportTimeout").field(d).finish(),
+            DisconnectReason::SendStalled { queued, timeout } => {
+                f.debug_struct("SendStalled").field("queued", queued).field("timeout", timeout).finish()
+            }
+            DisconnectReason::FrameTimeout { received, timeout } => {
+                f.debug_struct("FrameTimeout").field("received", received).field("timeout", timeout).finish()
+            }
+        }
+    }
+}
+
+impl<S: Stack> fmt::Display for DisconnectReason<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DisconnectReason::Requested => f.write_str("disconnected by us"),
             DisconnectReason::Flushed => f.write_str("disconnected by us after flushing"),
             DisconnectReason::PeerClosed => f.write_str("closed by peer"),
-            DisconnectReason::Io(e) => write!(f, "socket error: {e}"),
-            DisconnectReason::Codec(e) => write!(f, "protocol violation: {e}"),
-            DisconnectReason::Session(e) => write!(f, "session: {e}"),
+            DisconnectReason::Io(_) => f.write_str("socket error"),
+            DisconnectReason::Codec(_) => f.write_str("peer sent invalid data"),
+            DisconnectReason::Protocol(_) => f.write_str("peer broke the protocol"),
+            DisconnectReason::TransportTimeout(d) => {
+                write!(f, "transport handshake not complete after {} s", d.as_secs_f64())
+            }
             DisconnectReason::SendStalled { queued, timeout } => {
                 write!(f, "peer read nothing for {} s with {queued} bytes queued", timeout.as_secs_f64())
             }
@@ -202,12 +240,12 @@ impl<E: fmt::Display> fmt::Display for DisconnectReason<E> {
     }
 }
 
-impl<E: std::error::Error + 'static> std::error::Error for DisconnectReason<E> {
+impl<S: Stack> std::error::Error for DisconnectReason<S> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DisconnectReason::Io(e) => Some(e),
             DisconnectReason::Codec(e) => Some(e),
-            DisconnectReason::Session(e) => Some(e),
+            DisconnectReason::Protocol(e) => Some(e),
             _ => None,
         }
     }
@@ -228,13 +266,13 @@ pub enum SendError<E = WireError> {
     Encode(E),
 }
 
-impl<E: fmt::Display> fmt::Display for SendError<E> {
+impl<E> fmt::Display for SendError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendError::UnknownPeer => f.write_str("unknown peer"),
             SendError::Closing => f.write_str("peer is closing"),
             SendError::Disconnected => f.write_str("peer disconnected before the message was sent"),
-            SendError::Encode(e) => write!(f, "cannot encode message: {e}"),
+            SendError::Encode(_) => f.write_str("cannot encode message"),
         }
     }
 }

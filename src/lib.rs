@@ -65,8 +65,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-#[cfg(feature = "async")]
-pub mod asynch;
 pub mod broadcast;
 pub mod codec;
 pub mod config;
@@ -78,22 +76,26 @@ mod protocol;
 mod reactor;
 mod rng;
 pub mod session;
+pub mod stack;
+mod types;
 pub mod wire;
 
 pub use config::Config;
 pub use error::StartError;
+pub use error::{RecvTimeoutError, TryRecvError};
 pub use event::{ConnectError, Direction, DisconnectReason, Event, PeerId, SendError};
-pub use handle::{Disconnect, Handle, ReactorGone, Refusal, Refused};
+pub use handle::{Disconnect, Handle, ReactorGone, ReactorStats, Refusal, Refused};
 pub use peer::{PeerInfo, PeerStats};
 pub use reactor::start_with_codec;
 pub use session::{Mode, SessionConfig, SessionError};
+pub use stack::{Bitcoin, Framed, LinkInfo, Stack};
 
 /// Starts a reactor that speaks the Bitcoin wire format on `config.magic`'s
 /// network, in `config.mode` (session mode by default).
 pub fn start(config: Config) -> Result<Handle, StartError> {
-    let codec = wire::BitcoinCodec::new(config.magic, config.transport, config.max_message_len);
+    let factory = wire::BitcoinFactory::new(config.magic, config.transport, config.max_message_len);
     let mode = config.mode;
     let session = config.session.clone();
     let seed = rng::Rng::from_os().u64();
-    reactor::spawn(config, codec, move |shared| protocol::Bitcoin::new(mode, session, shared.clone(), seed))
+    reactor::spawn(config, factory, move |shared| protocol::Bitcoin::new(mode, session, shared.clone(), seed))
 }

@@ -10,75 +10,97 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bitcoin::p2p::message::NetworkMessage;
 
-use crate::event::Direction;
-use crate::handle::Shared;
+use std::convert::Infallible;
+
+use crate::codec::Codec;
 use crate::peer::{CommandStats, PeerInfo, PeerStats};
+use crate::reactor::shared::Shared;
 use crate::session::{Context, Delivery, Mode, Session, SessionConfig, SessionError};
+use crate::stack::{Framed, LinkInfo, Stack};
+use crate::types::Direction;
 
 /// What the reactor tells the protocol about a new connection.
-pub(crate) struct Link {
+pub(crate) struct Meta {
     pub(crate) direction: Direction,
     pub(crate) remote: SocketAddr,
 }
 
+/// A protocol's message type.
+pub(crate) type Msg<P> = <<P as Protocol>::Stack as Stack>::Message;
+/// A protocol's error type.
+pub(crate) type ProtoError<P> = <<P as Protocol>::Stack as Stack>::ProtocolError;
+/// A protocol's peer information.
+pub(crate) type Info<P> = <<P as Protocol>::Stack as Stack>::Info;
+
+/// The layer between codec and user, shared by all connections (`Conn` is
+/// its per-connection state). Sans-IO: time comes in, messages go out.
 pub(crate) trait Protocol: Send + 'static {
-    type Message: Send + 'static;
+    type Stack: Stack;
     type Conn: Send + 'static;
 
     /// Whether peers are announced with `Connected` (else with `Ready`).
     fn announce_on_connect(&self) -> bool;
-    fn open(&mut self, link: &Link, now: Instant, out: &mut Vec<Self::Message>) -> Self::Conn;
+    fn open(&mut self, meta: &Meta, now: Instant, out: &mut Vec<Msg<Self>>) -> Self::Conn;
     /// `Ok(Some(m))`: deliver `m` to the user.
     fn received(
         &mut self,
         conn: &mut Self::Conn,
-        message: Self::Message,
+        message: Msg<Self>,
         wire_size: usize,
         now: Instant,
-        out: &mut Vec<Self::Message>,
-    ) -> Result<Option<Self::Message>, SessionError>;
+        out: &mut Vec<Msg<Self>>,
+    ) -> Result<Option<Msg<Self>>, ProtoError<Self>>;
     /// True once, when the peer became ready.
     fn take_ready(&mut self, conn: &mut Self::Conn) -> bool;
-    fn sent(&mut self, conn: &mut Self::Conn, message: &Self::Message, wire_size: usize);
-    fn tick(&mut self, conn: &mut Self::Conn, now: Instant, out: &mut Vec<Self::Message>) -> Result<(), SessionError>;
+    fn sent(&mut self, conn: &mut Self::Conn, message: &Msg<Self>, wire_size: usize);
+    fn tick(&mut self, conn: &mut Self::Conn, now: Instant, out: &mut Vec<Msg<Self>>) -> Result<(), ProtoError<Self>>;
     fn deadline(&self, conn: &Self::Conn) -> Option<Instant>;
     fn closed(&mut self, conn: &Self::Conn);
-    fn info(&self, conn: &Self::Conn, info: &mut PeerInfo);
+    fn info(&self, conn: &Self::Conn, link: LinkInfo) -> Info<Self>;
     fn stats(&self, conn: &Self::Conn, stats: &mut PeerStats);
 }
 
 /// No state: every message goes to the user.
-pub(crate) struct Passthrough<M>(std::marker::PhantomData<fn() -> M>);
+pub(crate) struct Passthrough<C>(std::marker::PhantomData<fn() -> C>);
 
-impl<M> Passthrough<M> {
+impl<C> Passthrough<C> {
     pub(crate) fn new() -> Self {
         Passthrough(std::marker::PhantomData)
     }
 }
 
-impl<M: Send + 'static> Protocol for Passthrough<M> {
-    type Message = M;
+impl<C: Codec> Protocol for Passthrough<C> {
+    type Stack = Framed<C>;
     type Conn = ();
 
     fn announce_on_connect(&self) -> bool {
         true
     }
-    fn open(&mut self, _: &Link, _: Instant, _: &mut Vec<M>) {}
-    fn received(&mut self, _: &mut (), m: M, _: usize, _: Instant, _: &mut Vec<M>) -> Result<Option<M>, SessionError> {
+    fn open(&mut self, _: &Meta, _: Instant, _: &mut Vec<C::Message>) {}
+    fn received(
+        &mut self,
+        _: &mut (),
+        m: C::Message,
+        _: usize,
+        _: Instant,
+        _: &mut Vec<C::Message>,
+    ) -> Result<Option<C::Message>, Infallible> {
         Ok(Some(m))
     }
     fn take_ready(&mut self, _: &mut ()) -> bool {
         false
     }
-    fn sent(&mut self, _: &mut (), _: &M, _: usize) {}
-    fn tick(&mut self, _: &mut (), _: Instant, _: &mut Vec<M>) -> Result<(), SessionError> {
+    fn sent(&mut self, _: &mut (), _: &C::Message, _: usize) {}
+    fn tick(&mut self, _: &mut (), _: Instant, _: &mut Vec<C::Message>) -> Result<(), Infallible> {
         Ok(())
     }
     fn deadline(&self, _: &()) -> Option<Instant> {
         None
     }
     fn closed(&mut self, _: &()) {}
-    fn info(&self, _: &(), _: &mut PeerInfo) {}
+    fn info(&self, _: &(), link: LinkInfo) -> LinkInfo {
+        link
+    }
     fn stats(&self, _: &(), _: &mut PeerStats) {}
 }
 
@@ -137,14 +159,14 @@ fn count(stats: &mut Vec<CommandStats>, message: &NetworkMessage, wire_size: usi
 }
 
 impl Protocol for Bitcoin {
-    type Message = NetworkMessage;
+    type Stack = crate::stack::Bitcoin;
     type Conn = BitcoinConn;
 
     fn announce_on_connect(&self) -> bool {
         self.mode == Mode::Raw
     }
 
-    fn open(&mut self, link: &Link, now: Instant, out: &mut Vec<NetworkMessage>) -> BitcoinConn {
+    fn open(&mut self, link: &Meta, now: Instant, out: &mut Vec<NetworkMessage>) -> BitcoinConn {
         let nonce = self.random();
         let mut session = Session::new(link.direction, link.remote, nonce, now, &self.config);
         if self.mode == Mode::Session {
@@ -214,13 +236,20 @@ impl Protocol for Bitcoin {
         self.local_nonces.remove(&conn.session.local_nonce());
     }
 
-    fn info(&self, conn: &BitcoinConn, info: &mut PeerInfo) {
-        info.version = match self.mode {
-            Mode::Session => conn.session.peer_version().cloned(),
-            Mode::Raw => conn.raw_version.clone(),
-        };
-        info.features = conn.session.features();
-        info.ready = conn.session.is_ready();
+    fn info(&self, conn: &BitcoinConn, link: LinkInfo) -> PeerInfo {
+        PeerInfo {
+            peer: link.peer,
+            addr: link.addr,
+            local_addr: link.local_addr,
+            direction: link.direction,
+            transport: link.transport,
+            version: match self.mode {
+                Mode::Session => conn.session.peer_version().cloned(),
+                Mode::Raw => conn.raw_version.clone(),
+            },
+            features: conn.session.features(),
+            ready: conn.session.is_ready(),
+        }
     }
 
     fn stats(&self, conn: &BitcoinConn, stats: &mut PeerStats) {

@@ -17,7 +17,8 @@ pub mod v2;
 pub use v1::V1Codec;
 pub use v2::V2Codec;
 
-use crate::codec::{Codec, Decoded, Start, Transport};
+use crate::codec::{Codec, Decoded, Ended, Factory, Start, Transport};
+use crate::types::Direction;
 use bitcoin::p2p::message::NetworkMessage;
 
 /// Which transport outbound connections use, and what inbound accepts.
@@ -78,6 +79,95 @@ impl BitcoinCodec {
     pub fn policy(&self) -> TransportPolicy {
         self.policy
     }
+
+    /// Core's `ShouldReconnectV1` (src/net.cpp), for an outbound connection
+    /// that ended: a v1 codec to retry with, if this is a v2-preferred
+    /// attempt that either got nothing back after sending at least a v1
+    /// header's worth of bytes, or saw the peer answer in v1 (a v1 node that
+    /// speaks first; Core never meets one, as it tries v2 only with peers
+    /// that advertise `NODE_P2P_V2`).
+    pub fn fallback(&self, ended: &Ended<'_, Self>) -> Option<BitcoinCodec> {
+        let silent = ended.silent_close && ended.bytes_in == 0 && ended.bytes_out >= v1::HEADER_LEN as u64;
+        if silent || self.needs_fallback() { self.v1_variant() } else { None }
+    }
+
+    /// Whether this codec found that the peer speaks v1: it answered our v2
+    /// key with a v1 message for our network.
+    pub fn needs_fallback(&self) -> bool {
+        matches!(&self.inner, Inner::V2(c) if c.peer_is_v1())
+    }
+
+    /// The v1 codec a v2-preferred codec falls back to (`None` under other
+    /// policies, and once already v1).
+    fn v1_variant(&self) -> Option<BitcoinCodec> {
+        match (&self.inner, self.policy) {
+            (Inner::V2(c), TransportPolicy::V2Preferred) if !c.is_v1() => {
+                Some(BitcoinCodec { policy: TransportPolicy::V1Only, inner: Inner::V1(c.to_v1()) })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Entries in the v1-only peer cache.
+pub const V1_CACHE_LEN: usize = 1024;
+
+/// The reactor's codec factory for the Bitcoin wire: a [`BitcoinCodec`] per
+/// connection under one [`TransportPolicy`], Core's v1 fallback, and a
+/// bounded cache of peers that only speak v1 (the next connection to them
+/// starts as v1, as Core does through its address manager).
+#[derive(Debug)]
+pub struct BitcoinFactory {
+    prototype: BitcoinCodec,
+    /// Addresses that fell back to v1, oldest first; at most [`V1_CACHE_LEN`].
+    v1_peers: std::collections::HashSet<std::net::SocketAddr>,
+    v1_order: std::collections::VecDeque<std::net::SocketAddr>,
+}
+
+impl BitcoinFactory {
+    /// Codecs for `network` under `policy`, with payloads up to `max_payload`.
+    pub fn new(network: impl Into<Magic>, policy: TransportPolicy, max_payload: u32) -> Self {
+        BitcoinFactory {
+            prototype: BitcoinCodec::new(network, policy, max_payload),
+            v1_peers: Default::default(),
+            v1_order: Default::default(),
+        }
+    }
+
+    /// Whether `addr` is remembered as a v1-only peer.
+    pub fn is_v1_only(&self, addr: &std::net::SocketAddr) -> bool {
+        self.v1_peers.contains(addr)
+    }
+
+    fn remember_v1(&mut self, addr: std::net::SocketAddr) {
+        if self.v1_peers.insert(addr) {
+            self.v1_order.push_back(addr);
+            if self.v1_order.len() > V1_CACHE_LEN
+                && let Some(old) = self.v1_order.pop_front()
+            {
+                self.v1_peers.remove(&old);
+            }
+        }
+    }
+}
+
+impl Factory for BitcoinFactory {
+    type Codec = BitcoinCodec;
+
+    fn make(&mut self, direction: Direction, remote: std::net::SocketAddr) -> BitcoinCodec {
+        let fresh = self.prototype.clone();
+        if direction == Direction::Outbound && self.v1_peers.contains(&remote) {
+            return fresh.v1_variant().unwrap_or(fresh);
+        }
+        fresh
+    }
+
+    fn retry(&mut self, remote: std::net::SocketAddr, ended: &Ended<'_, BitcoinCodec>) -> Option<BitcoinCodec> {
+        let codec = ended.codec.fallback(ended)?;
+        log::debug!("{remote} sent nothing back to v2 (or answered in v1): retrying as v1");
+        self.remember_v1(remote);
+        Some(codec)
+    }
 }
 
 impl Codec for BitcoinCodec {
@@ -123,20 +213,6 @@ impl Codec for BitcoinCodec {
         match &self.inner {
             Inner::V1(c) => c.is_established(),
             Inner::V2(c) => c.is_established(),
-        }
-    }
-
-    fn needs_fallback(&self) -> bool {
-        matches!(&self.inner, Inner::V2(c) if c.peer_is_v1())
-    }
-
-    /// v2-preferred outbound connections fall back to v1.
-    fn fallback(&self) -> Option<Self> {
-        match (&self.inner, self.policy) {
-            (Inner::V2(c), TransportPolicy::V2Preferred) if !c.is_v1() => {
-                Some(BitcoinCodec { policy: TransportPolicy::V1Only, inner: Inner::V1(c.to_v1()) })
-            }
-            _ => None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bitcoin::p2p::message::NetworkMessage;
 use peerlink::codec::Codec;
 use peerlink::wire::V1Codec;
-use peerlink::{Config, Event, Handle, PeerId};
+use peerlink::{Config, Event, Handle, PeerId, Stack};
 
 /// Upper bound for any single wait; only reached when a test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -46,9 +46,9 @@ pub fn client() -> Handle {
 }
 
 /// Receives events until `pick` returns `Some`, failing after [`WAIT`].
-pub fn wait_for<C: Codec, T>(handle: &Handle<C>, mut pick: impl FnMut(Event<C::Message, C::Error>) -> Option<T>) -> T
+pub fn wait_for<S: Stack, T>(handle: &Handle<S>, mut pick: impl FnMut(Event<S>) -> Option<T>) -> T
 where
-    C::Message: std::fmt::Debug,
+    S::Message: std::fmt::Debug,
 {
     let deadline = Instant::now() + WAIT;
     loop {

@@ -119,7 +119,7 @@ fn connecting_to_ourselves_is_detected() {
         }
     }
     let inbound = reasons.iter().find(|(p, _)| *p != out).expect("inbound side reported");
-    assert!(matches!(inbound.1, DisconnectReason::Session(SessionError::SelfConnection)), "{}", inbound.1);
+    assert!(matches!(inbound.1, DisconnectReason::Protocol(SessionError::SelfConnection)), "{}", inbound.1);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn handshake_timeout_disconnects_silent_peer() {
         Event::Disconnected { reason, .. } => Some(reason),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::Session(SessionError::HandshakeTimeout(_))), "{reason}");
+    assert!(matches!(reason, DisconnectReason::Protocol(SessionError::HandshakeTimeout(_))), "{reason}");
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn message_before_version_disconnects() {
         _ => None,
     });
     assert!(
-        matches!(&reason, DisconnectReason::Session(SessionError::MessageBeforeVersion { command }) if command == "ping"),
+        matches!(&reason, DisconnectReason::Protocol(SessionError::MessageBeforeVersion { command }) if command == "ping"),
         "{reason}"
     );
 }
@@ -166,7 +166,7 @@ fn missing_required_services_refused() {
         Event::Ready { .. } => panic!("ready without required services"),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::Session(SessionError::MissingServices { .. })), "{reason}");
+    assert!(matches!(reason, DisconnectReason::Protocol(SessionError::MissingServices { .. })), "{reason}");
     drop(server);
 }
 

@@ -26,7 +26,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
 use bitcoin::p2p::message_filter::{CFCheckpt, CFHeaders, CFilter, GetCFCheckpt, GetCFHeaders, GetCFilters};
 use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf};
-use peerlink::{Config, Event, Handle, PeerId, Refusal};
+use peerlink::{Config, Event, Handle, PeerId};
 
 /// BIP157: filter type 0 is the basic filter.
 pub const BASIC: u8 = 0;
@@ -222,7 +222,7 @@ impl Server {
         }
         match self.handle.send(peer, message) {
             Ok(()) => {}
-            Err(refused) if refused.reason == Refusal::BufferFull => outbox.push_back(refused.message),
+            Err(refused) if refused.reason.is_backpressure() => outbox.push_back(refused.message),
             Err(refused) => eprintln!("filter_server: cannot send to peer {peer}: {refused}"),
         }
     }
@@ -233,7 +233,7 @@ impl Server {
         while let Some(message) = outbox.pop_front() {
             match self.handle.send(peer, message) {
                 Ok(()) => {}
-                Err(refused) if refused.reason == Refusal::BufferFull => {
+                Err(refused) if refused.reason.is_backpressure() => {
                     outbox.push_front(refused.message);
                     return;
                 }

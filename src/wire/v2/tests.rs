@@ -26,9 +26,11 @@ use proptest::sample::Index;
 
 use super::cipher::{self, FsChaCha20, GARBAGE_TERMINATOR_LEN, PACKET_OVERHEAD, PacketCipher, SessionKeys, TAG_LEN};
 use super::{KEY_LEN, MAX_GARBAGE_LEN, V2Codec, command_of, short_id};
-use crate::codec::{Codec, Decoded, Start, Transport};
+use crate::codec::{Codec, Decoded, Ended, Start, Transport};
+use crate::types::Direction;
 use crate::wire::v1::MAX_PROTOCOL_MESSAGE_LENGTH;
 use crate::wire::{BitcoinCodec, TransportPolicy, V1Codec, WireError};
+use crate::wire::{BitcoinFactory, V1_CACHE_LEN};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -1174,21 +1176,62 @@ fn bitcoin_codec(policy: TransportPolicy) -> BitcoinCodec {
     BitcoinCodec::new(Network::Regtest, policy, MAX_PROTOCOL_MESSAGE_LENGTH)
 }
 
+/// How a v2 attempt ends when the peer closes after our key, unanswered.
+fn silent(codec: &BitcoinCodec) -> Ended<'_, BitcoinCodec> {
+    Ended { codec, bytes_in: 0, bytes_out: KEY_LEN as u64, silent_close: true }
+}
+
 #[test]
 fn fallback_per_policy() {
-    let fallback = bitcoin_codec(TransportPolicy::V2Preferred).fallback().expect("v2-preferred falls back");
+    let v2 = bitcoin_codec(TransportPolicy::V2Preferred);
+    let fallback = v2.fallback(&silent(&v2)).expect("v2-preferred falls back");
     assert_eq!(fallback.transport(), Transport::V1);
     assert_eq!(fallback.policy(), TransportPolicy::V1Only);
-    assert!(fallback.fallback().is_none(), "v1 does not fall back again");
-    assert!(bitcoin_codec(TransportPolicy::V2Only).fallback().is_none());
-    assert!(bitcoin_codec(TransportPolicy::V1Only).fallback().is_none());
-    assert_eq!(bitcoin_codec(TransportPolicy::V1Only).transport(), Transport::V1);
+    assert!(fallback.fallback(&silent(&fallback)).is_none(), "v1 does not fall back again");
+    let v2_only = bitcoin_codec(TransportPolicy::V2Only);
+    assert!(v2_only.fallback(&silent(&v2_only)).is_none());
+    let v1_only = bitcoin_codec(TransportPolicy::V1Only);
+    assert!(v1_only.fallback(&silent(&v1_only)).is_none());
+    assert_eq!(v1_only.transport(), Transport::V1);
+}
+
+/// Core's `ShouldReconnectV1`: nothing received, at least 24 bytes sent, and
+/// the connection ended by the peer or a timer, not by a violation of ours.
+#[test]
+fn fallback_follows_cores_rule() {
+    let codec = bitcoin_codec(TransportPolicy::V2Preferred);
+    let ended = |bytes_in, bytes_out, silent_close| Ended { codec: &codec, bytes_in, bytes_out, silent_close };
+    assert!(codec.fallback(&ended(0, 24, true)).is_some(), "24 bytes sent is enough");
+    assert!(codec.fallback(&ended(0, 23, true)).is_none(), "fewer than a v1 header sent");
+    assert!(codec.fallback(&ended(1, 64, true)).is_none(), "the peer answered something");
+    assert!(codec.fallback(&ended(0, 64, false)).is_none(), "we ended it ourselves");
+}
+
+#[test]
+fn factory_remembers_v1_peers_and_bounds_its_cache() {
+    use crate::codec::Factory;
+    let mut factory = BitcoinFactory::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
+    let addr = |i: u32| std::net::SocketAddr::from((std::net::Ipv4Addr::from(0x7f00_0000 | i), 8333));
+    let first = factory.make(Direction::Outbound, addr(1));
+    assert!(matches!(first.transport(), Transport::V2 { .. }), "v2 first");
+    let retry = factory.retry(addr(1), &silent(&first)).expect("silent v2 attempt is retried");
+    assert_eq!(retry.transport(), Transport::V1);
+    assert!(factory.is_v1_only(&addr(1)));
+    assert_eq!(factory.make(Direction::Outbound, addr(1)).transport(), Transport::V1, "cached: v1 at once");
+    // Inbound connections from a cached address still detect the transport.
+    assert!(matches!(factory.make(Direction::Inbound, addr(1)).transport(), Transport::V2 { .. }));
+    for i in 2..=(V1_CACHE_LEN as u32 + 1) {
+        let codec = factory.make(Direction::Outbound, addr(i));
+        factory.retry(addr(i), &silent(&codec)).expect("retried");
+    }
+    assert!(!factory.is_v1_only(&addr(1)), "the oldest entry was evicted");
+    assert!(factory.is_v1_only(&addr(V1_CACHE_LEN as u32 + 1)));
 }
 
 #[test]
 fn fallback_codec_keeps_the_payload_limit() {
     let codec = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Preferred, 1000);
-    let mut fallback = codec.fallback().unwrap();
+    let mut fallback = codec.fallback(&silent(&codec)).unwrap();
     assert_eq!(fallback.max_frame_len(), 24 + 1000);
     let err = fallback.encode(&unknown("xbig", &[0; 1001]), &mut Vec::new()).unwrap_err();
     assert!(matches!(err, WireError::Oversize { .. }), "{err:?}");
@@ -1204,7 +1247,10 @@ fn needs_fallback_when_a_v1_node_speaks_first() {
     assert!(matches!(i.error, Some(WireError::V2Handshake(_))), "{:?}", i.error);
     assert!(i.codec.needs_fallback());
     // The fallback codec reads what the v1 node said.
-    let mut v1 = End::start(i.codec.fallback().expect("fallback"), true, 44);
+    // Bytes were received, yet the codec's own finding makes it fall back.
+    let ended =
+        Ended { codec: &i.codec, bytes_in: version.len() as u64, bytes_out: KEY_LEN as u64, silent_close: false };
+    let mut v1 = End::start(i.codec.fallback(&ended).expect("fallback"), true, 44);
     assert!(v1.outbox.is_empty(), "v1 sends nothing at start");
     v1.receive(&version);
     assert_clean(&v1);
@@ -1225,7 +1271,7 @@ fn needs_fallback_only_on_our_own_magic() {
     let mut i = End::start(bitcoin_codec(TransportPolicy::V2Only), true, 47);
     i.receive(&v1_frame(Network::Regtest, &NetworkMessage::Verack));
     assert!(i.codec.needs_fallback());
-    assert!(i.codec.fallback().is_none());
+    assert!(i.codec.fallback(&silent(&i.codec)).is_none());
 }
 
 #[test]
@@ -1233,7 +1279,7 @@ fn no_fallback_once_inbound_detected_v1() {
     let mut r = End::start(bitcoin_codec(TransportPolicy::V2Preferred), false, 48);
     r.receive(&v1_frame(Network::Regtest, &NetworkMessage::Version(version_message())));
     assert_eq!(r.codec.transport(), Transport::V1);
-    assert!(r.codec.fallback().is_none());
+    assert!(r.codec.fallback(&silent(&r.codec)).is_none());
     assert!(!r.codec.needs_fallback());
 }
 

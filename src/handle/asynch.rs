@@ -20,27 +20,26 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use crossbeam_channel::TryRecvError;
-
-use crate::codec::Codec;
+use crate::error::TryRecvError;
 use crate::event::Event;
 use crate::handle::Handle;
+use crate::stack::Stack;
 
 /// The future returned by [`Handle::recv_async`]: the next event, or `None`
 /// once the reactor has stopped and every event was received.
 #[must_use = "futures do nothing unless polled"]
-pub struct Recv<'a, C: Codec> {
-    pub(crate) handle: &'a Handle<C>,
+pub struct Recv<'a, S: Stack> {
+    pub(crate) handle: &'a Handle<S>,
 }
 
-impl<C: Codec> std::fmt::Debug for Recv<'_, C> {
+impl<S: Stack> std::fmt::Debug for Recv<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Recv")
     }
 }
 
-impl<C: Codec> Future for Recv<'_, C> {
-    type Output = Option<Event<C::Message, C::Error>>;
+impl<S: Stack> Future for Recv<'_, S> {
+    type Output = Option<Event<S>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let handle = self.handle;

@@ -1,18 +1,22 @@
 //! The user's side of the reactor: commands in, events out.
 
-use std::collections::HashMap;
+#[cfg(feature = "async")]
+pub mod asynch;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::codec::Codec;
+pub use crate::error::{RecvTimeoutError, TryRecvError};
 use crate::event::{Event, PeerId};
-use crate::peer::{PeerInfo, PeerStats};
-use crate::wire::BitcoinCodec;
+use crate::peer::PeerStats;
+use crate::reactor::shared::{Closed, Cmd, Query, Shared};
+use crate::stack::{Bitcoin, Stack};
+use crate::types::later;
 
 /// How to end a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +45,27 @@ impl std::error::Error for ReactorGone {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
-    /// The peer's send buffer is above its limit; wait for
-    /// [`Event::Writable`].
+    /// The peer's send buffer is above
+    /// [`Config::send_buffer_limit`](crate::Config::send_buffer_limit); wait
+    /// for [`Event::Writable`], or use [`Handle::send_timeout`].
     BufferFull,
+    /// [`Config::max_in_flight`](crate::Config::max_in_flight) messages for
+    /// this peer are still on their way to the reactor (it is behind); wait
+    /// for [`Event::Writable`], or use [`Handle::send_timeout`].
+    InFlight,
     /// No such peer (never existed, or disconnected).
     UnknownPeer,
     /// The reactor has stopped.
     ReactorGone,
+}
+
+impl Refusal {
+    /// Back-pressure: the peer is there but has no room now
+    /// ([`BufferFull`](Refusal::BufferFull) or [`InFlight`](Refusal::InFlight)).
+    /// Keep the message and send it first after [`Event::Writable`].
+    pub fn is_backpressure(self) -> bool {
+        matches!(self, Refusal::BufferFull | Refusal::InFlight)
+    }
 }
 
 /// A message [`Handle::send`] did not queue, handed back with the reason.
@@ -63,6 +81,7 @@ impl<M> std::fmt::Display for Refused<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.reason {
             Refusal::BufferFull => f.write_str("send buffer full"),
+            Refusal::InFlight => f.write_str("too many messages on their way to the reactor"),
             Refusal::UnknownPeer => f.write_str("unknown peer"),
             Refusal::ReactorGone => f.write_str("reactor has stopped"),
         }
@@ -71,126 +90,31 @@ impl<M> std::fmt::Display for Refused<M> {
 
 impl<M: std::fmt::Debug> std::error::Error for Refused<M> {}
 
-pub(crate) enum Cmd<M> {
-    Connect { peer: PeerId, addr: SocketAddr, gate: Arc<Gate> },
-    Send { peer: PeerId, message: M },
-    Disconnect { peer: PeerId, mode: Disconnect },
-    Query(Query),
+/// Reactor-wide counters, from [`Handle::reactor_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReactorStats {
+    /// Inbound connections accepted and given a slot.
+    pub inbound_accepted: u64,
+    /// Inbound connections closed at accept because every inbound slot
+    /// ([`Config::max_inbound`](crate::Config::max_inbound)) was taken.
+    pub inbound_refused_full: u64,
+    /// Inbound connections that could not be set up (registration with the
+    /// poll failed, or the codec refused to start).
+    pub inbound_failed: u64,
+    /// Times a listener backed off after `accept` failed (for example out
+    /// of file descriptors).
+    pub accept_backoffs: u64,
 }
 
-/// Questions the reactor answers on a one-shot channel.
-pub(crate) enum Query {
-    Peers(Sender<Vec<PeerInfo>>),
-    Info(PeerId, Sender<Option<PeerInfo>>),
-    Stats(PeerId, Sender<Option<PeerStats>>),
-}
-
-/// Per-peer send gate, shared by the handles and the reactor.
-///
-/// It is closed while the peer's send buffer is over its limit (`full`, set
-/// by the reactor) or while too many messages are on their way to the
-/// reactor (`in_flight`, counted up by [`Handle::send`] and down by the
-/// reactor). [`Handle::send`] refuses messages while it is closed,
-/// synchronously, so refused messages never overtake accepted ones, and the
-/// memory a peer's queue can take stays bounded.
-#[derive(Debug)]
-pub(crate) struct Gate {
-    pub(crate) full: AtomicBool,
-    pub(crate) in_flight: AtomicUsize,
-    pub(crate) max_in_flight: usize,
-    /// A send was refused: report `Writable` when the gate reopens.
-    pub(crate) refused: AtomicBool,
-}
-
-impl Gate {
-    pub(crate) fn new(max_in_flight: usize) -> Self {
-        Gate {
-            full: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: max_in_flight.max(2),
-            refused: AtomicBool::new(false),
-        }
-    }
-
-    fn closed(&self) -> bool {
-        self.full.load(Ordering::SeqCst) || self.in_flight.load(Ordering::SeqCst) >= self.max_in_flight
-    }
-
-    /// Reactor side, after the buffer drained or a command was taken: true
-    /// (once) if a refused sender must now be told it may send again.
-    pub(crate) fn reopened(&self) -> bool {
-        self.refused.load(Ordering::SeqCst)
-            && !self.full.load(Ordering::SeqCst)
-            && self.in_flight.load(Ordering::SeqCst) <= self.max_in_flight / 2
-            && self.refused.swap(false, Ordering::SeqCst)
-    }
-}
-
-/// State shared between the handles and the reactor thread.
-pub(crate) struct Shared {
-    pub(crate) waker: mio::Waker,
-    /// Set by the reactor just before it may block in `poll`.
-    pub(crate) sleeping: AtomicBool,
-    /// Set by the reactor when the event channel was full.
-    pub(crate) events_blocked: AtomicBool,
-    pub(crate) shutdown: AtomicBool,
-    pub(crate) next_peer: AtomicU64,
-    /// Our best height, announced in `version` (session mode).
-    pub(crate) start_height: AtomicI32,
-    /// Send gates of live peers.
-    pub(crate) gates: RwLock<HashMap<PeerId, Arc<Gate>>>,
-    pub(crate) max_in_flight: usize,
-    /// Async receivers waiting for an event (feature `async`).
-    pub(crate) async_waiting: AtomicBool,
-    pub(crate) async_wakers: Mutex<Vec<std::task::Waker>>,
-}
-
-impl Shared {
-    /// Wakes the reactor only if it may be asleep: one atomic swap per
-    /// command, one syscall only when the reactor is idle.
-    pub(crate) fn wake_if_sleeping(&self) {
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
-            self.wake();
-        }
-    }
-
-    pub(crate) fn wake(&self) {
-        if let Err(e) = self.waker.wake() {
-            log::error!("cannot wake reactor: {e}");
-        }
-    }
-
-    pub(crate) fn allocate_peer(&self) -> (PeerId, Arc<Gate>) {
-        let peer = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
-        let gate = Arc::new(Gate::new(self.max_in_flight));
-        self.gates.write().unwrap_or_else(|e| e.into_inner()).insert(peer, Arc::clone(&gate));
-        (peer, gate)
-    }
-
-    /// Wakes async receivers if any wait; called by the reactor after each
-    /// round and when it stops. One atomic load when nobody waits.
-    pub(crate) fn wake_async(&self) {
-        if self.async_waiting.load(Ordering::SeqCst) && self.async_waiting.swap(false, Ordering::SeqCst) {
-            let wakers = std::mem::take(&mut *self.async_wakers.lock().unwrap_or_else(|e| e.into_inner()));
-            for w in wakers {
-                w.wake();
-            }
-        }
-    }
-
-    pub(crate) fn remove_gate(&self, peer: PeerId) {
-        self.gates.write().unwrap_or_else(|e| e.into_inner()).remove(&peer);
-    }
-}
-
-struct Inner<M> {
-    commands: Sender<Cmd<M>>,
+struct Inner<C> {
+    commands: Sender<C>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     local_addrs: Vec<SocketAddr>,
 }
 
-impl<M> Inner<M> {
+impl<C> Inner<C> {
     fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.wake();
@@ -206,7 +130,7 @@ impl<M> Inner<M> {
     }
 }
 
-impl<M> Drop for Inner<M> {
+impl<C> Drop for Inner<C> {
     fn drop(&mut self) {
         self.shutdown();
     }
@@ -220,36 +144,33 @@ impl<M> Drop for Inner<M> {
 ///
 /// Sending never blocks and never makes a syscall while the reactor is busy;
 /// it wakes the reactor only when it may be asleep.
-pub struct Handle<C: Codec = BitcoinCodec> {
-    inner: Arc<Inner<C::Message>>,
+pub struct Handle<S: Stack = Bitcoin> {
+    inner: Arc<Inner<Cmd<S::Message, S::Info>>>,
     /// Events come in batches, one per reactor round (or per
     /// [`EVENT_BATCH`](crate::reactor::EVENT_BATCH) events): one channel
     /// operation and at most one wake-up per batch instead of per event.
-    events: Receiver<Vec<Event<C::Message, C::Error>>>,
+    events: Receiver<Vec<Event<S>>>,
     /// The rest of the last batch received, shared by all clones so that no
     /// event is stranded in a clone that stops receiving.
-    local: SharedBatch<C>,
+    local: Arc<Mutex<std::collections::VecDeque<Event<S>>>>,
 }
 
-/// Events received from the channel but not yet handed out.
-type SharedBatch<C> = Arc<Mutex<std::collections::VecDeque<Event<<C as Codec>::Message, <C as Codec>::Error>>>>;
-
-impl<C: Codec> Clone for Handle<C> {
+impl<S: Stack> Clone for Handle<S> {
     fn clone(&self) -> Self {
         Handle { inner: Arc::clone(&self.inner), events: self.events.clone(), local: Arc::clone(&self.local) }
     }
 }
 
-impl<C: Codec> std::fmt::Debug for Handle<C> {
+impl<S: Stack> std::fmt::Debug for Handle<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handle").field("local_addrs", &self.inner.local_addrs).finish()
     }
 }
 
-impl<C: Codec> Handle<C> {
+impl<S: Stack> Handle<S> {
     pub(crate) fn new(
-        commands: Sender<Cmd<C::Message>>,
-        events: Receiver<Vec<Event<C::Message, C::Error>>>,
+        commands: Sender<Cmd<S::Message, S::Info>>,
+        events: Receiver<Vec<Event<S>>>,
         shared: Arc<Shared>,
         thread: JoinHandle<()>,
         local_addrs: Vec<SocketAddr>,
@@ -259,19 +180,19 @@ impl<C: Codec> Handle<C> {
     }
 
     /// Pops from this clone's batch buffer.
-    fn pop_local(&self) -> Option<Event<C::Message, C::Error>> {
+    fn pop_local(&self) -> Option<Event<S>> {
         self.local.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
     }
 
     /// Keeps a received batch and returns its first event.
-    fn take_batch(&self, batch: Vec<Event<C::Message, C::Error>>) -> Option<Event<C::Message, C::Error>> {
+    fn take_batch(&self, batch: Vec<Event<S>>) -> Option<Event<S>> {
         self.consumed();
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
         local.extend(batch);
         local.pop_front()
     }
 
-    fn command(&self, cmd: Cmd<C::Message>) -> Result<(), ReactorGone> {
+    fn command(&self, cmd: Cmd<S::Message, S::Info>) -> Result<(), ReactorGone> {
         self.inner.commands.send(cmd).map_err(|_| ReactorGone)?;
         self.inner.shared.wake_if_sleeping();
         Ok(())
@@ -313,21 +234,63 @@ impl<C: Codec> Handle<C> {
     /// and sends them first once writable keeps the peer's stream in order.
     /// A peer that disconnects while the message is in flight hands it back
     /// in [`Event::SendRejected`].
-    pub fn send(&self, peer: PeerId, message: C::Message) -> Result<(), Refused<C::Message>> {
+    pub fn send(&self, peer: PeerId, message: S::Message) -> Result<(), Refused<S::Message>> {
+        self.offer(peer, message, true)
+    }
+
+    /// Like [`send`](Handle::send), but while the peer's gate is closed
+    /// (the buffer is full or too many messages are in flight) waits up to
+    /// `timeout` for room on this peer alone, without touching the event
+    /// stream. Refused with the message handed back if the peer is unknown
+    /// or gone, the reactor stopped, or no room came in time (the reason
+    /// then says what was full). A sender that sends in order with this
+    /// method keeps the peer's stream in order.
+    ///
+    /// It blocks the calling thread; from async code use [`send`](Handle::send)
+    /// and [`Event::Writable`].
+    pub fn send_timeout(
+        &self,
+        peer: PeerId,
+        message: S::Message,
+        timeout: Duration,
+    ) -> Result<(), Refused<S::Message>> {
+        let deadline = later(Instant::now(), timeout);
+        let mut message = message;
+        loop {
+            match self.offer(peer, message, false) {
+                Err(Refused { message: m, reason: reason @ (Refusal::BufferFull | Refusal::InFlight) }) => {
+                    let Some(gate) = self.inner.shared.gate(peer) else {
+                        return Err(Refused { message: m, reason: Refusal::UnknownPeer });
+                    };
+                    if !gate.wait(deadline) {
+                        return Err(Refused { message: m, reason });
+                    }
+                    message = m;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Passes the gate and queues the command. `mark` asks for `Writable`
+    /// when a refused gate reopens.
+    fn offer(&self, peer: PeerId, message: S::Message, mark: bool) -> Result<(), Refused<S::Message>> {
         let shared = &self.inner.shared;
         {
             let gates = shared.gates.read().unwrap_or_else(|e| e.into_inner());
             let Some(gate) = gates.get(&peer) else {
                 return Err(Refused { message, reason: Refusal::UnknownPeer });
             };
-            if gate.closed() {
+            if gate.closed().is_some() && mark {
                 // Flag first, then re-check: if the reactor opened the gate in
                 // between it will report Writable (spuriously, harmlessly);
                 // otherwise it sees the flag when it opens the gate.
                 gate.refused.store(true, Ordering::SeqCst);
-                if gate.closed() {
-                    return Err(Refused { message, reason: Refusal::BufferFull });
-                }
+            }
+            match gate.closed() {
+                Some(Closed::BufferFull) => return Err(Refused { message, reason: Refusal::BufferFull }),
+                Some(Closed::InFlight) => return Err(Refused { message, reason: Refusal::InFlight }),
+                None => {}
             }
             gate.in_flight.fetch_add(1, Ordering::SeqCst);
         }
@@ -365,7 +328,7 @@ impl<C: Codec> Handle<C> {
 
     /// Blocks until the next event. `None` once the reactor has stopped and
     /// every event has been received.
-    pub fn recv(&self) -> Option<Event<C::Message, C::Error>> {
+    pub fn recv(&self) -> Option<Event<S>> {
         if let Some(event) = self.pop_local() {
             return Some(event);
         }
@@ -379,12 +342,15 @@ impl<C: Codec> Handle<C> {
 
     /// The next event if one is ready. `Err(Disconnected)` once the reactor
     /// has stopped and every event has been received.
-    pub fn try_recv(&self) -> Result<Event<C::Message, C::Error>, TryRecvError> {
+    pub fn try_recv(&self) -> Result<Event<S>, TryRecvError> {
         if let Some(event) = self.pop_local() {
             return Ok(event);
         }
         loop {
-            let batch = self.events.try_recv()?;
+            let batch = self.events.try_recv().map_err(|e| match e {
+                crossbeam_channel::TryRecvError::Empty => TryRecvError::Empty,
+                crossbeam_channel::TryRecvError::Disconnected => TryRecvError::Disconnected,
+            })?;
             if let Some(event) = self.take_batch(batch) {
                 return Ok(event);
             }
@@ -392,13 +358,16 @@ impl<C: Codec> Handle<C> {
     }
 
     /// Waits up to `timeout` for the next event.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event<C::Message, C::Error>, RecvTimeoutError> {
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event<S>, RecvTimeoutError> {
         if let Some(event) = self.pop_local() {
             return Ok(event);
         }
-        let deadline = crate::session::later(std::time::Instant::now(), timeout);
+        let deadline = later(Instant::now(), timeout);
         loop {
-            let batch = self.events.recv_deadline(deadline)?;
+            let batch = self.events.recv_deadline(deadline).map_err(|e| match e {
+                crossbeam_channel::RecvTimeoutError::Timeout => RecvTimeoutError::Timeout,
+                crossbeam_channel::RecvTimeoutError::Disconnected => RecvTimeoutError::Disconnected,
+            })?;
             if let Some(event) = self.take_batch(batch) {
                 return Ok(event);
             }
@@ -406,11 +375,11 @@ impl<C: Codec> Handle<C> {
     }
 
     /// A blocking iterator over events; it ends when the reactor stops.
-    pub fn iter(&self) -> impl Iterator<Item = Event<C::Message, C::Error>> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Event<S>> + '_ {
         std::iter::from_fn(move || self.recv())
     }
 
-    fn ask<T>(&self, query: impl FnOnce(Sender<T>) -> Query) -> Result<T, ReactorGone> {
+    fn ask<T>(&self, query: impl FnOnce(Sender<T>) -> Query<S::Info>) -> Result<T, ReactorGone> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.command(Cmd::Query(query(tx)))?;
         rx.recv().map_err(|_| ReactorGone)
@@ -418,18 +387,24 @@ impl<C: Codec> Handle<C> {
 
     /// Connected peers, sorted by id: in session mode the ready ones, in raw
     /// mode every established connection. Answered by the reactor thread.
-    pub fn peers(&self) -> Result<Vec<PeerInfo>, ReactorGone> {
+    pub fn peers(&self) -> Result<Vec<S::Info>, ReactorGone> {
         self.ask(Query::Peers)
     }
 
     /// What we know about one peer (`None` if it is gone).
-    pub fn peer_info(&self, peer: PeerId) -> Result<Option<PeerInfo>, ReactorGone> {
+    pub fn peer_info(&self, peer: PeerId) -> Result<Option<S::Info>, ReactorGone> {
         self.ask(|tx| Query::Info(peer, tx))
     }
 
     /// One peer's counters (`None` if it is gone).
     pub fn peer_stats(&self, peer: PeerId) -> Result<Option<PeerStats>, ReactorGone> {
         self.ask(|tx| Query::Stats(peer, tx))
+    }
+
+    /// Reactor-wide counters (inbound connections accepted and refused, and
+    /// so on). Read from shared counters; no round trip to the reactor.
+    pub fn reactor_stats(&self) -> ReactorStats {
+        self.inner.shared.stats.snapshot()
     }
 
     /// Sets the best-chain height announced in later `version` messages.
@@ -446,8 +421,8 @@ impl<C: Codec> Handle<C> {
     /// Resolves to `None` once the reactor has stopped and every event was
     /// received. Cancel-safe: dropping the future loses no event.
     #[cfg(feature = "async")]
-    pub fn recv_async(&self) -> crate::asynch::Recv<'_, C> {
-        crate::asynch::Recv { handle: self }
+    pub fn recv_async(&self) -> asynch::Recv<'_, S> {
+        asynch::Recv { handle: self }
     }
 
     /// Whether the reactor thread is still running.
