@@ -4,14 +4,16 @@
 //! The node is `interop/bcoin/node.js`. Missing Node.js or npm is a test
 //! failure, never a skip.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::common::{Rpc, post_json, rpc_result};
 
 /// Time allowed for the node to start and print its ready line. Only reached
 /// when something is broken.
@@ -167,40 +169,15 @@ impl Bcoin {
         let start = log.len().saturating_sub(STDERR_TAIL_LINES);
         log[start..].join("\n")
     }
+}
 
+impl Rpc for Bcoin {
     /// Calls `method` over JSON-RPC and returns its result, or the error
     /// object as a string.
-    pub fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
-        let body = serde_json::json!({ "jsonrpc": "1.0", "id": 1, "method": method, "params": params }).to_string();
-        let mut stream = TcpStream::connect(self.http).map_err(|e| format!("connect to {}: {e}", self.http))?;
-        stream.set_read_timeout(Some(RPC_TIMEOUT)).map_err(|e| e.to_string())?;
-        let request = format!(
-            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            self.http,
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).map_err(|e| format!("send {method}: {e}"))?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).map_err(|e| format!("read {method} response: {e}"))?;
-        let text = String::from_utf8_lossy(&response);
-        let (head, body) =
-            text.split_once("\r\n\r\n").ok_or_else(|| format!("malformed HTTP response to {method}: {text:?}"))?;
-        let status = head.lines().next().unwrap_or_default();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            return Err(format!("unexpected chunked response to {method}: {head}"));
-        }
-        let reply: Value =
-            serde_json::from_str(body).map_err(|e| format!("{method}: {status}: body is not JSON ({e}): {body:?}"))?;
-        match &reply["error"] {
-            Value::Null => Ok(reply["result"].clone()),
-            error => Err(format!("{method} failed: {error}")),
-        }
-    }
-
-    /// Calls `method` over JSON-RPC; panics on any error.
-    pub fn rpc(&self, method: &str, params: Value) -> Value {
-        self.try_rpc(method, params).unwrap_or_else(|e| panic!("bcoin RPC: {e}"))
+    fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
+        let request = serde_json::json!({ "jsonrpc": "1.0", "id": 1, "method": method, "params": params });
+        let reply = post_json(self.http, None, &request, RPC_TIMEOUT).map_err(|e| format!("{method}: {e}"))?;
+        rpc_result(method, &reply)
     }
 }
 

@@ -1,7 +1,10 @@
-//! Helpers shared by the interop tests: keys and bcoin regtest addresses,
-//! mining, fetching blocks, signing a legacy spend, waiting for events.
+//! Helpers shared by the interop tests: a JSON-RPC client over HTTP, keys
+//! and bcoin regtest addresses, mining, fetching blocks, signing a legacy
+//! spend, waiting for events, running the examples.
 
-use std::net::SocketAddr;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -15,9 +18,7 @@ use bitcoin::{
     absolute, transaction,
 };
 use peerlink::{Config, Event, Handle, PeerId, PeerInfo};
-use serde_json::json;
-
-use crate::bcoin::Bcoin;
+use serde_json::{Value, json};
 
 /// Upper bound for one wait on the reactor; only reached when a test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -29,6 +30,59 @@ pub const BCOIN_REGTEST_P2PKH_PREFIX: u8 = 0x3c;
 /// Fee paid by the test transactions, in satoshis (far above bcoin's
 /// 1,000 sat/kvB minimum relay fee for a ~190-byte transaction).
 pub const FEE_SAT: u64 = 10_000;
+
+/// A node with a JSON-RPC interface (bcoin, Bitcoin Core). The helpers below
+/// use only RPCs the two share.
+pub trait Rpc {
+    /// Calls `method` and returns its result, or the error as a string.
+    fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String>;
+
+    /// Calls `method`; panics on any error.
+    fn rpc(&self, method: &str, params: Value) -> Value {
+        self.try_rpc(method, params).unwrap_or_else(|e| panic!("RPC: {e}"))
+    }
+}
+
+/// POSTs the JSON `body` to the HTTP server at `addr`, with an
+/// `Authorization` header if given, and returns the JSON it answers
+/// (whatever the HTTP status: JSON-RPC 1.0 servers answer errors with 500
+/// and a JSON body). One connection per call (`Connection: close`).
+pub fn post_json(
+    addr: SocketAddr,
+    authorization: Option<&str>,
+    body: &Value,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let authorization = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(|e| format!("send request: {e}"))?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(|e| format!("read response: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("malformed HTTP response: {text:?}"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Err(format!("unexpected chunked response: {head}"));
+    }
+    serde_json::from_str(body).map_err(|e| format!("{status}: body is not JSON ({e}): {body:?}"))
+}
+
+/// The result of one JSON-RPC reply to `method`, or its error object as a
+/// string.
+pub fn rpc_result(method: &str, reply: &Value) -> Result<Value, String> {
+    match &reply["error"] {
+        Value::Null => Ok(reply["result"].clone()),
+        error => Err(format!("{method} failed: {error}")),
+    }
+}
 
 /// A regtest config in session mode.
 pub fn config() -> Config {
@@ -93,8 +147,8 @@ impl Wallet {
 }
 
 /// Mines `n` blocks paying to `address`; returns their hashes in order.
-pub fn mine(bcoin: &Bcoin, n: u32, address: &str) -> Vec<BlockHash> {
-    let hashes = bcoin.rpc("generatetoaddress", json!([n, address]));
+pub fn mine(node: &impl Rpc, n: u32, address: &str) -> Vec<BlockHash> {
+    let hashes = node.rpc("generatetoaddress", json!([n, address]));
     let hashes = hashes.as_array().unwrap_or_else(|| panic!("generatetoaddress returned {hashes}"));
     assert_eq!(hashes.len(), n as usize, "generatetoaddress mined a different number of blocks");
     hashes.iter().map(parse_block_hash).collect()
@@ -106,17 +160,17 @@ pub fn parse_block_hash(value: &serde_json::Value) -> BlockHash {
     BlockHash::from_str(s).unwrap_or_else(|e| panic!("bad block hash {s:?}: {e}"))
 }
 
-/// The block at `height` of bcoin's best chain, fetched raw over RPC.
-pub fn block_at(bcoin: &Bcoin, height: u32) -> Block {
-    let hash = bcoin.rpc("getblockhash", json!([height]));
-    let hex = bcoin.rpc("getblock", json!([hash, false]));
+/// The block at `height` of the node's best chain, fetched raw over RPC.
+pub fn block_at(node: &impl Rpc, height: u32) -> Block {
+    let hash = node.rpc("getblockhash", json!([height]));
+    let hex = node.rpc("getblock", json!([hash, false]));
     let hex = hex.as_str().unwrap_or_else(|| panic!("getblock verbose=false returned {hex}"));
     bitcoin::consensus::encode::deserialize_hex(hex).unwrap_or_else(|e| panic!("cannot decode block {hash}: {e}"))
 }
 
-/// The transaction ids in bcoin's mempool.
-pub fn mempool(bcoin: &Bcoin) -> Vec<String> {
-    let pool = bcoin.rpc("getrawmempool", json!([]));
+/// The transaction ids in the node's mempool.
+pub fn mempool(node: &impl Rpc) -> Vec<String> {
+    let pool = node.rpc("getrawmempool", json!([]));
     let ids = pool.as_array().unwrap_or_else(|| panic!("getrawmempool returned {pool}"));
     ids.iter().map(|v| v.as_str().expect("txid string").to_owned()).collect()
 }
@@ -151,9 +205,14 @@ pub fn wait_ready(handle: &Handle, what: &str) -> (PeerId, PeerInfo) {
 
 /// Starts a session-mode reactor, connects to `addr` and waits for `Ready`.
 pub fn connect_ready(addr: SocketAddr) -> (Handle, PeerId, PeerInfo) {
-    let handle = peerlink::start(config()).expect("start reactor");
+    connect_ready_with(config(), addr)
+}
+
+/// [`connect_ready`] with the given config.
+pub fn connect_ready_with(config: Config, addr: SocketAddr) -> (Handle, PeerId, PeerInfo) {
+    let handle = peerlink::start(config).expect("start reactor");
     let peer = handle.connect(addr).expect("reactor running");
-    let (ready, info) = wait_ready(&handle, "the handshake with bcoin");
+    let (ready, info) = wait_ready(&handle, &format!("the handshake with {addr}"));
     assert_eq!(ready, peer, "Ready for an unexpected peer");
     (handle, peer, info)
 }
@@ -173,4 +232,19 @@ pub fn wait_message<T>(
         }
         _ => None,
     })
+}
+
+/// `cargo run --quiet --example NAME -- ARGS` in this package; returns
+/// (success, stdout, stderr).
+pub fn run_example(name: &str, args: &[&str]) -> (bool, String, String) {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let output = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--manifest-path", manifest, "--example", name, "--"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    eprintln!("example {name} ({}):\n--- stdout\n{stdout}--- stderr\n{stderr}", output.status);
+    (output.status.success(), stdout, stderr)
 }

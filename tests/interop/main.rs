@@ -1,17 +1,23 @@
-//! Interop tests against a real node: bcoin 1.0.2 (JavaScript), regtest, in
-//! memory, on loopback only. Each test starts its own node, so tests are
-//! independent and may run in parallel.
+//! Interop tests against real nodes, regtest, on loopback only. Each test
+//! starts its own node, so tests are independent and may run in parallel.
 //!
-//! They need Node.js and npm; `interop/bcoin/node_modules` is installed on
-//! first use (`npm ci`). A missing tool is a failure, never a skip.
+//! - bcoin 1.0.2 (JavaScript, in memory): the tests in this file. They need
+//!   Node.js and npm; `interop/bcoin/node_modules` is installed on first use
+//!   (`npm ci`). A missing tool is a failure, never a skip.
+//! - Bitcoin Core: [`core`], run when `BITCOIND_EXE` names a `bitcoind`
+//!   ([`bitcoind`]): `BITCOIND_EXE=../shared/bitcoin-core/bin/bitcoind cargo
+//!   test --all-features --test interop core`. Without it they say on stderr
+//!   that they did not run; `PEERLINK_REQUIRE_BITCOIND=1` (set by `.ci/run`)
+//!   makes that a failure.
 
 mod bcoin;
+mod bitcoind;
 mod common;
+mod core;
 #[path = "../support/filter_server.rs"]
 mod filter_server;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bitcoin::block::Header;
@@ -26,7 +32,8 @@ use serde_json::json;
 
 use crate::bcoin::Bcoin;
 use crate::common::{
-    Wallet, block_at, config, connect_ready, mempool, mine, parse_block_hash, wait_message, wait_ready,
+    Rpc as _, Wallet, block_at, config, connect_ready, mempool, mine, parse_block_hash, run_example, wait_message,
+    wait_ready,
 };
 
 /// Bitcoin Core's `MAX_HEADERS_RESULTS`; bcoin sends the same at most.
@@ -244,21 +251,6 @@ fn broadcast_tx_reaches_mempool() {
 
     let pool = mempool(&bcoin);
     assert!(pool.contains(&txid.to_string()), "{txid} not in bcoin's mempool {pool:?}");
-}
-
-/// `cargo run --quiet --example NAME -- ARGS` in this package; returns
-/// (success, stdout, stderr).
-fn run_example(name: &str, args: &[&str]) -> (bool, String, String) {
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let output = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--manifest-path", manifest, "--example", name, "--"])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    eprintln!("example {name} ({}):\n--- stdout\n{stdout}--- stderr\n{stderr}", output.status);
-    (output.status.success(), stdout, stderr)
 }
 
 #[test]
