@@ -32,6 +32,13 @@ pub(crate) type ProtoError<P> = <<P as Protocol>::Stack as Stack>::ProtocolError
 /// A protocol's peer information.
 pub(crate) type Info<P> = <<P as Protocol>::Stack as Stack>::Info;
 
+/// The codec type a protocol's stack needs.
+pub(crate) trait CodecFor<P: Protocol>:
+    Codec<Message = Msg<P>, Error = <P::Stack as Stack>::CodecError>
+{
+}
+impl<P: Protocol, C: Codec<Message = Msg<P>, Error = <P::Stack as Stack>::CodecError>> CodecFor<P> for C {}
+
 /// The layer between codec and user, shared by all connections (`Conn` is
 /// its per-connection state). Sans-IO: time comes in, messages go out.
 pub(crate) trait Protocol: Send + 'static {

@@ -13,11 +13,11 @@ mod link;
 mod listener;
 mod outbox;
 pub(crate) mod shared;
+mod slot;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{self, Read, Write};
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,17 +27,18 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use self::link::{Closed, Ctx, End, Limits, Link, Pool, READ_CHUNK, State};
+use self::link::{Closed, End, Limits, Link, READ_CHUNK, State};
 use self::listener::Listeners;
 use self::outbox::Outbox;
 use self::shared::{Cmd, Counters, Gate, Query, Shared};
-use crate::codec::{Codec, Factory};
+use self::slot::{Env, IdMap, Slot};
+use crate::codec::Factory;
 use crate::config::Config;
 use crate::error::StartError;
 use crate::event::{DisconnectReason, Event, SendError};
 use crate::handle::{Disconnect, Handle};
-use crate::protocol::{Info, Msg, Passthrough, Protocol};
-use crate::stack::{Framed, Stack};
+use crate::protocol::{CodecFor, Info, Msg, Passthrough, Protocol};
+use crate::stack::Framed;
 use crate::types::{Direction, PeerId};
 
 /// Most events sent to the user in one batch.
@@ -45,24 +46,6 @@ pub(crate) const EVENT_BATCH: usize = 256;
 /// Commands applied per round before sockets are served again.
 const COMMAND_BUDGET: usize = 4096;
 const WAKER: Token = Token(usize::MAX);
-
-/// Hasher for peer ids, which are already unique integers.
-#[derive(Default)]
-struct IdHasher(u64);
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Starts a reactor thread in raw mode with `factory` making each
 /// connection's codec (any `Codec + Clone` is a factory that clones itself):
@@ -72,13 +55,6 @@ type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 pub fn start_with_codec<F: Factory>(config: Config, factory: F) -> Result<Handle<Framed<F::Codec>>, StartError> {
     spawn(config, factory, |_| Passthrough::new())
 }
-
-/// The codec type a protocol's stack needs.
-pub(crate) trait CodecFor<P: Protocol>:
-    Codec<Message = Msg<P>, Error = <P::Stack as Stack>::CodecError>
-{
-}
-impl<P: Protocol, C: Codec<Message = Msg<P>, Error = <P::Stack as Stack>::CodecError>> CodecFor<P> for C {}
 
 pub(crate) fn spawn<F, P>(
     config: Config,
@@ -99,21 +75,13 @@ where
     // Capacity in events, as configured: batches of up to EVENT_BATCH events.
     let batch_max = config.event_capacity.clamp(1, EVENT_BATCH);
     let (ev_tx, ev_rx) = crossbeam_channel::bounded((config.event_capacity / batch_max).max(1));
-    let out =
-        Outbox { tx: ev_tx, batch: Vec::new(), batch_max, overflow: VecDeque::new(), shared: Arc::clone(&shared) };
+    let out = Outbox::new(ev_tx, batch_max, Arc::clone(&shared));
     let reactor = Reactor {
         poll,
         listeners,
         slots: IdMap::default(),
         factory,
-        env: Env {
-            protocol,
-            proto_out: Vec::new(),
-            out,
-            pool: Pool::default(),
-            limits: Limits::from_config(&config),
-            now: Instant::now(),
-        },
+        env: Env::new(protocol, out, Limits::from_config(&config)),
         cmd_rx,
         shared: Arc::clone(&shared),
         scratch: vec![0; READ_CHUNK],
@@ -128,45 +96,6 @@ where
         .spawn(move || reactor.run())
         .map_err(StartError::Thread)?;
     Ok(Handle::new(cmd_tx, ev_rx, shared, thread, local_addrs))
-}
-
-/// One connection as the reactor sees it: the sans-IO link, its socket, and
-/// where it stands in the reactor's queues.
-struct Slot<C: Codec, P: Protocol> {
-    link: Link<C, P>,
-    stream: TcpStream,
-    /// The socket took everything last time (or has not said otherwise).
-    writable: bool,
-    in_read_queue: bool,
-    in_write_queue: bool,
-    /// Reading stopped because our send queue is over its limit.
-    read_paused: bool,
-    /// The earliest deadline of this link in the timer heap.
-    timer_at: Option<Instant>,
-}
-
-/// What every link call needs besides the link: the protocol, the event
-/// outbox, the buffer pool, the limits and the time of this round.
-struct Env<P: Protocol> {
-    protocol: P,
-    proto_out: Vec<Msg<P>>,
-    out: Outbox<P::Stack>,
-    pool: Pool,
-    limits: Limits,
-    now: Instant,
-}
-
-impl<P: Protocol> Env<P> {
-    fn cx(&mut self) -> Ctx<'_, P, Outbox<P::Stack>> {
-        Ctx {
-            proto: &mut self.protocol,
-            proto_out: &mut self.proto_out,
-            events: &mut self.out,
-            pool: &mut self.pool,
-            limits: &self.limits,
-            now: self.now,
-        }
-    }
 }
 
 struct Reactor<F: Factory, P: Protocol> {
@@ -271,7 +200,6 @@ where
         let Some(slot) = self.slots.get_mut(&id) else { return };
         if slot.link.state() == State::Connecting {
             if event.is_writable() || event.is_error() || event.is_write_closed() || event.is_read_closed() {
-                self.env.now = Instant::now();
                 self.finish_connect(id);
             }
             return;
@@ -318,29 +246,17 @@ where
 
     fn finish_connect(&mut self, id: u64) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        let result = match slot.stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match slot.stream.peer_addr() {
-                Ok(_) => slot.stream.local_addr(),
-                // No pending error, yet no peer: spurious readiness, still
-                // connecting (NotConnected on Linux, EINPROGRESS elsewhere;
-                // no errno is matched, so this holds on every platform). The
-                // connect timer bounds the wait.
-                Err(_) => return,
-            },
-        };
-        let local = match result {
-            Ok(local) => local,
-            Err(e) => return self.close(id, DisconnectReason::Io(e).into()),
-        };
-        let _ = slot.stream.set_nodelay(true);
-        slot.link.handle_connected(local, &mut self.env.cx());
-        slot.writable = true;
-        if !slot.in_read_queue {
-            slot.in_read_queue = true;
-            self.read_queue.push_back(id);
+        match slot.finish_connect(&mut self.env) {
+            Ok(false) => {}
+            Ok(true) => {
+                if !slot.in_read_queue {
+                    slot.in_read_queue = true;
+                    self.read_queue.push_back(id);
+                }
+                self.after(id);
+            }
+            Err(e) => self.close(id, DisconnectReason::Io(e).into()),
         }
-        self.after(id);
     }
 
     fn accept_pending(&mut self) {
@@ -392,16 +308,7 @@ where
 
     fn insert(&mut self, link: Link<F::Codec, P>, stream: TcpStream, connected: bool) {
         let id = link.id.0;
-        let slot = Slot {
-            link,
-            stream,
-            writable: connected,
-            in_read_queue: connected,
-            in_write_queue: false,
-            read_paused: false,
-            timer_at: None,
-        };
-        self.slots.insert(id, slot);
+        self.slots.insert(id, Slot::new(link, stream, connected));
         if connected {
             self.read_queue.push_back(id);
         }
@@ -519,48 +426,9 @@ where
         }
     }
 
-    /// Reads and decodes within the budget. `Ok(true)`: more may be waiting.
     fn read(&mut self, id: u64) -> Result<bool, DisconnectReason<P::Stack>> {
-        let mut budget = self.io_budget;
         let Some(slot) = self.slots.get_mut(&id) else { return Ok(false) };
-        let env = &mut self.env;
-        loop {
-            // Complete frames may be buffered from a round cut short by a
-            // full event channel, or appended by the previous read.
-            slot.link.decode_buffered(&mut env.cx())?;
-            if env.out.paused() {
-                return Ok(true);
-            }
-            if !slot.link.wants_read(&env.limits) {
-                slot.read_paused = slot.link.state() != State::Connecting;
-                return Ok(false);
-            }
-            let stream = &mut slot.stream;
-            let result = match slot.link.read_with(&mut env.pool, env.now, |buf| stream.read(buf)) {
-                Some(result) => result,
-                None => {
-                    let result = stream.read(&mut self.scratch);
-                    if let Ok(n @ 1..) = result {
-                        slot.link.handle_input(&self.scratch[..n], &mut env.cx())?;
-                    }
-                    result
-                }
-            };
-            match result {
-                Ok(0) => return Err(slot.link.eof_reason()),
-                Ok(n) => budget = budget.saturating_sub(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    slot.link.decode_buffered(&mut env.cx())?;
-                    return Ok(env.out.paused());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(slot.link.io_reason(e)),
-            }
-            if budget == 0 {
-                slot.link.decode_buffered(&mut env.cx())?;
-                return Ok(true);
-            }
-        }
+        slot.read(&mut self.env, &mut self.scratch, self.io_budget)
     }
 
     fn serve_writes(&mut self) {
@@ -579,30 +447,9 @@ where
         }
     }
 
-    /// Writes within the budget. `Ok(true)`: more to write and the socket may
-    /// take it.
     fn write(&mut self, id: u64) -> Result<bool, DisconnectReason<P::Stack>> {
         let Some(slot) = self.slots.get_mut(&id) else { return Ok(false) };
-        let mut budget = self.io_budget;
-        while !slot.link.poll_transmit().is_empty() {
-            match slot.stream.write(slot.link.poll_transmit()) {
-                Ok(0) => return Err(DisconnectReason::Io(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    slot.link.advance(n, &mut self.env.cx());
-                    budget = budget.saturating_sub(n);
-                    if budget == 0 {
-                        return Ok(!slot.link.poll_transmit().is_empty());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    slot.writable = false;
-                    return Ok(false);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(DisconnectReason::Io(e)),
-            }
-        }
-        Ok(false)
+        slot.write(&mut self.env, self.io_budget)
     }
 
     fn fire_timers(&mut self) {

@@ -30,6 +30,10 @@ pub(super) struct Outbox<S: Stack> {
 }
 
 impl<S: Stack> Outbox<S> {
+    pub(super) fn new(tx: Sender<Vec<Event<S>>>, batch_max: usize, shared: Arc<Shared>) -> Self {
+        Outbox { tx, batch: Vec::new(), batch_max, overflow: VecDeque::new(), shared }
+    }
+
     pub(super) fn paused(&self) -> bool {
         !self.overflow.is_empty()
     }
