@@ -55,9 +55,10 @@ pub enum Event<S: Stack = Bitcoin> {
         /// Its size on the wire, framing included, in bytes.
         wire_size: usize,
     },
-    /// A connection ended. No further events arrive for `peer`. In session
-    /// mode this also reports peers that failed the handshake and were never
-    /// announced, with the reason it failed.
+    /// A connection ended. No further events arrive for `peer`. This also
+    /// reports peers that were never announced because their handshake
+    /// failed (the transport handshake in raw mode, the session handshake in
+    /// session mode), with the reason it failed.
     Disconnected {
         /// The peer that is gone.
         peer: PeerId,

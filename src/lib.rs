@@ -22,45 +22,57 @@
 //!
 //! ## One `ping`, through the layers
 //!
-//! 1. **Handle.** [`Handle::send`] puts `Send { peer, Ping(42) }` on an
-//!    unbounded command channel. It wakes the reactor (one `eventfd` write)
-//!    only if the reactor said it might be asleep; a busy reactor finds the
-//!    command on its next round at no syscall cost.
-//! 2. **Encode.** The reactor looks the peer up by its [`PeerId`] and asks the
-//!    connection's codec ([`wire::BitcoinCodec`], here over v1) to encode the message straight
-//!    into the peer's send buffer: magic, command, length, then the payload,
-//!    then the checksum (SHA256d, computed once) patched into the header. If
-//!    more than [`Config::send_buffer_limit`] bytes are queued, `send` had
-//!    already refused the message and handed it back ([`Refused`]);
-//!    [`Event::Writable`] follows once the queue drains.
-//! 3. **Write.** After applying a batch of commands, the reactor writes each
-//!    dirty send buffer until it is empty, the socket says `WouldBlock`, or the
-//!    peer's per-round budget is used. Sockets are registered for read and
-//!    write readiness once, so queuing never costs an `epoll_ctl`.
+//! 1. **Handle.** [`Handle::send`] checks the peer's send gate (refusing at
+//!    once, with the message handed back, when the peer has no room:
+//!    [`Refused`]), then puts `Send { peer, Ping(42) }` on an unbounded
+//!    command channel. It wakes the reactor (one `eventfd` write) only if the
+//!    reactor said it might be asleep; a busy reactor finds the command on
+//!    its next round at no syscall cost.
+//! 2. **Link.** The reactor hands the message to the peer's *link*: one
+//!    connection as a sans-IO state machine (codec, protocol state, buffers
+//!    and one timer table; no socket, no clock). The link holds it while
+//!    the peer is not yet announced or its buffer is over
+//!    [`Config::send_buffer_limit`], else asks the connection's codec
+//!    ([`wire::BitcoinCodec`], here over v1) to encode it straight into the
+//!    send buffer: magic, command, length, then the payload, then the
+//!    checksum (SHA256d, computed once) patched into the header.
+//!    [`Event::Writable`] follows a refusal once the queue drains.
+//! 3. **Write.** After applying a batch of commands, the reactor writes what
+//!    each dirty link offers (`poll_transmit`) until it is empty, the socket
+//!    says `WouldBlock`, or the peer's per-round budget is used, and tells
+//!    the link how much went (`advance`). Sockets are registered for read
+//!    and write readiness once, so queuing never costs an `epoll_ctl`.
 //! 4. **Read.** On the other side the socket's readiness puts the peer on the
-//!    read queue. The reactor reads up to 64 KiB into a shared scratch buffer
-//!    and the codec validates the 24-byte header (magic, command, length ≤
-//!    4,000,000) before anything is buffered for the payload. A frame that is
-//!    not complete is copied into the peer's own buffer, which grows only as
-//!    bytes arrive.
-//! 5. **Decode.** When the frame is complete the checksum is verified and the
-//!    payload decoded in place ([`wire::payload`]). The result goes out as
-//!    [`Event::Message`] on a bounded channel. If the channel is full the
-//!    reactor stops reading sockets, and TCP slows the senders, until
-//!    [`Handle::recv`] makes room. Any violation disconnects that peer alone,
-//!    with a typed [`DisconnectReason`].
+//!    read queue. The reactor reads up to 64 KiB into a shared scratch
+//!    buffer and gives it to the link, whose codec validates the 24-byte
+//!    header (magic, command, length ≤ 4,000,000) before anything is
+//!    buffered for the payload. A frame that is not complete is kept in the
+//!    link's own buffer, which grows only as bytes arrive.
+//! 5. **Decode.** When the frame is complete the checksum is verified and
+//!    the payload decoded in place ([`wire::payload`]). The protocol layer
+//!    sees it next: in session mode (the default) [`session::Session`]
+//!    answers the `ping` itself with a `pong`, which goes back through steps
+//!    2–3; in raw mode, or for messages the session does not handle, the
+//!    result goes out as [`Event::Message`] on a bounded channel. If the
+//!    channel is full the reactor stops reading sockets, and TCP slows the
+//!    senders, until [`Handle::recv`] makes room. Any violation disconnects
+//!    that peer alone, with a typed [`DisconnectReason`].
 //!
 //! Over BIP324 v2 (the default when the peer supports it) steps 2 and 5 are
 //! the same but for the framing: the message is written as a short message
 //! id and payload inside an encrypted packet ([`wire::v2`]), and a packet's
-//! length is decrypted and checked before its bytes are buffered.
+//! length is decrypted and checked before its bytes are buffered. A v2
+//! attempt that the peer answers with silence is retried as v1, as Bitcoin
+//! Core does ([`wire::BitcoinFactory`]).
 //!
-//! In session mode (the default) a sixth layer sits between decode and the
-//! user: [`session::Session`] answers the `ping` itself and the user sees only
-//! other messages, after [`Event::Ready`].
+//! Every timer of a connection (connect, stall, frame, transport handshake,
+//! session deadlines, linger) sits in its link's one timer table; the
+//! reactor only sleeps until the earliest deadline of any link.
 //!
-//! The codec and session layers are sans-IO, and the reactor is generic over
-//! the codec ([`codec::Codec`], [`start_with_codec`]).
+//! The codec, session and link layers are sans-IO, and the reactor is
+//! generic over the codec ([`codec::Codec`], [`codec::Factory`],
+//! [`start_with_codec`]) and over the types it reports ([`Stack`]: the
+//! default [`Bitcoin`], or [`Framed`] for any codec in raw mode).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

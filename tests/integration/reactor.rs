@@ -383,6 +383,66 @@ fn inbound_connections_beyond_the_cap_are_closed() {
     third.set_read_timeout(Some(WAIT)).unwrap();
     assert!(read_to_close(&mut third).is_empty(), "the third connection is closed at once");
     assert_eq!(server.peers().unwrap().len(), 2);
+    // The refusal is counted where the user can see it.
+    let stats = server.reactor_stats();
+    assert_eq!((stats.inbound_accepted, stats.inbound_refused_full), (2, 1), "{stats:?}");
+}
+
+/// `send_timeout` waits for room on one peer without consuming events: the
+/// `Writable` owed to an earlier refused `send` is still delivered.
+#[test]
+fn send_timeout_waits_for_room_without_touching_events() {
+    let mut config = listener_config();
+    config.send_buffer_limit = 300_000;
+    let (server, addr) = listener_with(config);
+    let (mut raw, id) = raw_peer(&server, addr);
+    let tx = NetworkMessage::Tx(big_tx(100_000));
+    let refused = loop {
+        if let Err(refused) = server.send(id, tx.clone()) {
+            break refused;
+        }
+    };
+    assert_eq!(refused.reason, Refusal::BufferFull);
+    // Nobody reads: the wait ends at its deadline, message handed back.
+    let started = std::time::Instant::now();
+    let timeout = std::time::Duration::from_millis(200);
+    let late = server.send_timeout(id, tx.clone(), timeout).unwrap_err();
+    assert_eq!(late.reason, Refusal::BufferFull);
+    assert_eq!(late.message, tx);
+    assert!(started.elapsed() >= timeout, "gave up early: {:?}", started.elapsed());
+    // Once the peer reads, the same call goes through.
+    let reader = std::thread::spawn(move || read_to_close(&mut raw).len());
+    server.send_timeout(id, NetworkMessage::Ping(7), WAIT).expect("room once the peer reads");
+    wait_for(&server, |e| match e {
+        Event::Writable { peer } if peer == id => Some(()),
+        Event::Disconnected { reason, .. } => panic!("disconnected: {reason}"),
+        _ => None,
+    });
+    server.disconnect(id, Disconnect::AfterFlush).unwrap();
+    assert!(reader.join().unwrap() > 300_000);
+    let unknown = server.send_timeout(id, NetworkMessage::Ping(8), WAIT);
+    let gone = matches!(unknown, Err(peerlink::Refused { reason: Refusal::UnknownPeer, .. }) | Ok(()));
+    assert!(gone, "a closing or gone peer refuses or drops, never blocks: {unknown:?}");
+}
+
+/// Messages for a peer still in its handshake are held and count against
+/// `max_in_flight`; the refusal says which limit it hit.
+#[test]
+fn in_flight_cap_is_its_own_refusal() {
+    let silent = std::net::TcpListener::bind(localhost()).unwrap();
+    let mut config = peerlink::Config::new(bitcoin::Network::Regtest);
+    config.max_in_flight = 4;
+    let client = peerlink::start(config).unwrap();
+    // A session peer that never answers our `version`: nothing is announced,
+    // so every message is held.
+    let peer = client.connect(silent.local_addr().unwrap()).unwrap();
+    for i in 0..4 {
+        client.send(peer, NetworkMessage::Ping(i)).expect("under the cap");
+    }
+    let refused = client.send(peer, NetworkMessage::Ping(4)).unwrap_err();
+    assert_eq!(refused.reason, Refusal::InFlight);
+    assert!(refused.reason.is_backpressure());
+    assert_eq!(refused.message, NetworkMessage::Ping(4));
 }
 
 #[test]
