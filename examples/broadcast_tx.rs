@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     let outcomes = match peerlink::broadcast::broadcast(config, &args.tx, &args.peers, args.timeout) {
         Ok(o) => o,
         Err(e) => {
-            println!("error: {e}");
+            println!("error: {}", common::chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
                     d.elapsed.as_secs_f64()
                 );
             }
-            Err(e) => println!("peer={} result=failed reason={e}", outcome.addr),
+            Err(e) => println!("peer={} result=failed reason={}", outcome.addr, common::chain(e)),
         }
     }
     println!("delivered={delivered}/{}", outcomes.len());

@@ -100,7 +100,7 @@ impl Client {
         mut pick: impl FnMut(NetworkMessage) -> Option<T>,
     ) -> Result<T, String> {
         let what = request.command();
-        self.handle.send(self.peer, request).map_err(|e| e.to_string())?;
+        self.handle.send(self.peer, request).map_err(|e| format!("cannot send {what}: {e}"))?;
         self.wait(what.as_ref(), &mut pick)
     }
 
@@ -112,7 +112,9 @@ impl Client {
                         return Ok(t);
                     }
                 }
-                Ok(Event::Disconnected { reason, .. }) => return Err(format!("peer disconnected: {reason}")),
+                Ok(Event::Disconnected { reason, .. }) => {
+                    return Err(format!("peer disconnected: {}", common::chain(&reason)));
+                }
                 Ok(_) => {}
                 Err(_) => return Err(format!("no answer to {what} within {} s", REQUEST_TIMEOUT.as_secs())),
             }
@@ -125,8 +127,8 @@ fn run(args: &Args) -> Result<(), String> {
     config.session.user_agent_name = Some("cbf_client".into());
     config.session.relay = false;
     config.session.required_services = ServiceFlags::COMPACT_FILTERS;
-    let handle = peerlink::start(config).map_err(|e| e.to_string())?;
-    let peer = handle.connect(args.peer).map_err(|e| e.to_string())?;
+    let handle = peerlink::start(config).map_err(|e| common::chain(&e))?;
+    let peer = handle.connect(args.peer).map_err(|e| common::chain(&e))?;
     loop {
         match handle.recv_timeout(Duration::from_secs(90)).map_err(|_| "no handshake within 90 s".to_string())? {
             Event::Ready { info, .. } => {
@@ -149,8 +151,10 @@ fn run(args: &Args) -> Result<(), String> {
                     common::service_names(announced)
                 ));
             }
-            Event::Disconnected { reason, .. } => return Err(format!("handshake failed: {reason}")),
-            Event::ConnectFailed { error, .. } => return Err(format!("connect failed: {error}")),
+            Event::Disconnected { reason, .. } => {
+                return Err(format!("handshake failed: {}", common::chain(&reason)));
+            }
+            Event::ConnectFailed { error, .. } => return Err(common::chain(&error)),
             _ => {}
         }
     }
@@ -229,7 +233,10 @@ fn run(args: &Args) -> Result<(), String> {
     for start in (0..=tip).step_by(MAX_CFILTERS) {
         let stop = (start + MAX_CFILTERS - 1).min(tip);
         let request = GetCFilters { filter_type: BASIC, start_height: start as u32, stop_hash: hashes[stop] };
-        client.handle.send(client.peer, NetworkMessage::GetCFilters(request)).map_err(|e| e.to_string())?;
+        client
+            .handle
+            .send(client.peer, NetworkMessage::GetCFilters(request))
+            .map_err(|e| format!("cannot send getcfilters: {e}"))?;
         for height in start..=stop {
             let cf = client.wait("getcfilters", &mut |m| match m {
                 NetworkMessage::CFilter(c) if c.filter_type == BASIC => Some(c),

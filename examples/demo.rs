@@ -4,8 +4,14 @@
 //! and a transaction.
 //!
 //! Run: `cargo run --example demo`
+//!
+//! Both ends are its own, so any failure ends it with the error's whole
+//! chain and exit status 1.
+
+mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bitcoin::absolute::LockTime;
@@ -18,7 +24,17 @@ use peerlink::{Config, Event, Handle, Mode, PeerId};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", common::chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Raw mode: this demo does the handshake by hand, to show every message.
     let mut raw = Config::new(bitcoin::Network::Regtest);
     raw.mode = Mode::Raw;

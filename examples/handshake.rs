@@ -90,14 +90,16 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     let timeout = config.connect_timeout + config.session.handshake_timeout;
-    let handle = peerlink::start(config).map_err(|e| e.to_string())?;
+    let handle = peerlink::start(config).map_err(|e| common::chain(&e))?;
     println!("connecting addr={} network={} transport={}", args.addr, args.network, args.transport);
-    let peer = handle.connect(args.addr).map_err(|e| e.to_string())?;
+    let peer = handle.connect(args.addr).map_err(|e| common::chain(&e))?;
     let info = loop {
         match handle.recv_timeout(timeout).map_err(|_| "no answer from peer".to_string())? {
             Event::Ready { info, .. } => break info,
-            Event::ConnectFailed { error, .. } => return Err(format!("connect failed: {error}")),
-            Event::Disconnected { reason, .. } => return Err(format!("handshake failed: {reason}")),
+            Event::ConnectFailed { error, .. } => return Err(common::chain(&error)),
+            Event::Disconnected { reason, .. } => {
+                return Err(format!("handshake failed: {}", common::chain(&reason)));
+            }
             _ => {}
         }
     };
@@ -117,11 +119,13 @@ fn run(args: Args) -> Result<(), String> {
     // Our own ping: its pong is handed to us (the session keeps its own).
     let nonce = u64::from(std::process::id()) << 32 | 0x70_6c;
     let sent = Instant::now();
-    handle.send(peer, NetworkMessage::Ping(nonce)).map_err(|e| e.to_string())?;
+    handle.send(peer, NetworkMessage::Ping(nonce)).map_err(|e| format!("cannot send ping: {e}"))?;
     loop {
         match handle.recv_timeout(Duration::from_secs(30)).map_err(|_| "no pong within 30 s".to_string())? {
             Event::Message { message: NetworkMessage::Pong(n), .. } if n == nonce => break,
-            Event::Disconnected { reason, .. } => return Err(format!("disconnected: {reason}")),
+            Event::Disconnected { reason, .. } => {
+                return Err(format!("disconnected before the pong: {}", common::chain(&reason)));
+            }
             _ => {}
         }
     }
@@ -147,7 +151,9 @@ fn run(args: Args) -> Result<(), String> {
                 Ok(Event::Message { message, wire_size, .. }) => {
                     println!("message cmd={} size={wire_size}", message.command())
                 }
-                Ok(Event::Disconnected { reason, .. }) => return Err(format!("disconnected while holding: {reason}")),
+                Ok(Event::Disconnected { reason, .. }) => {
+                    return Err(format!("disconnected while holding: {}", common::chain(&reason)));
+                }
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -159,11 +165,11 @@ fn run(args: Args) -> Result<(), String> {
             );
         }
     }
-    handle.disconnect(peer, Disconnect::AfterFlush).map_err(|e| e.to_string())?;
+    handle.disconnect(peer, Disconnect::AfterFlush).map_err(|e| common::chain(&e))?;
     loop {
         match handle.recv_timeout(Duration::from_secs(10)) {
             Ok(Event::Disconnected { reason, .. }) => {
-                println!("disconnected reason={reason}");
+                println!("disconnected reason={}", common::chain(&reason));
                 break;
             }
             Ok(_) => {}

@@ -5,6 +5,7 @@
 mod asynchronous;
 mod cbf;
 mod common;
+mod examples;
 #[path = "../support/filter_server.rs"]
 mod filter_server;
 mod generic_codec;
