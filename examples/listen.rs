@@ -150,9 +150,11 @@ fn serve(handle: &Handle, session: bool) -> Result<(), ReactorGone> {
 /// Sends replies without ever losing their order or letting one peer hurt
 /// the others.
 ///
-/// [`Handle::send`] refuses a message at once when the peer's send buffer is
-/// full ([`Refusal::BufferFull`]) and reports [`Event::Writable`] once it has
-/// drained. Because the refusal is synchronous, holding what was refused,
+/// [`Handle::send`] refuses a message at once when the peer has no room (its
+/// send buffer is full, [`Refusal::BufferFull`], or too many messages are on
+/// their way to the reactor, [`Refusal::InFlight`]; both are
+/// [`Refusal::is_backpressure`]) and reports [`Event::Writable`] once there
+/// is room again. Because the refusal is synchronous, holding what was refused,
 /// sending everything newer behind it, and sending the held messages first
 /// on `Writable` keeps the peer's stream exactly in order.
 ///
@@ -194,7 +196,7 @@ impl Outbox {
         }
         match handle.send(peer, message) {
             Ok(()) => Ok(()),
-            Err(Refused { message, reason: Refusal::BufferFull }) => {
+            Err(Refused { message, reason }) if reason.is_backpressure() => {
                 println!("backlog peer={peer} cmd={}", message.command());
                 self.backlogs.entry(peer).or_default().push_back(message);
                 Ok(())
@@ -211,7 +213,7 @@ impl Outbox {
         while let Some(message) = backlog.pop_front() {
             match handle.send(peer, message) {
                 Ok(()) => sent += 1,
-                Err(Refused { message, reason: Refusal::BufferFull }) => {
+                Err(Refused { message, reason }) if reason.is_backpressure() => {
                     // Full again: put it back in front; another `Writable`
                     // follows.
                     backlog.push_front(message);
@@ -243,7 +245,7 @@ impl Outbox {
         handle.disconnect(peer, Disconnect::Now)
     }
 
-    /// A refusal other than `BufferFull`: the message is dropped, and only a
+    /// A refusal other than back-pressure: the message is dropped, and only a
     /// stopped reactor is an error.
     fn refused(peer: PeerId, refused: Refused<NetworkMessage>) -> Result<(), ReactorGone> {
         match refused.reason {

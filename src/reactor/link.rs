@@ -334,12 +334,17 @@ where
 
     /// Whether the reactor should read: connected, and not paused because
     /// our send queue is over its limit (Core's `fPauseSend`: a peer that
-    /// makes us answer cannot grow the queue without bound).
+    /// makes us answer cannot grow the queue without bound), nor, once the
+    /// peer is announced, because the user's messages to it fill the
+    /// in-flight cap (a peer that makes the user answer cannot outrun the
+    /// answers). Before the announcement held messages count as in flight,
+    /// so that cap cannot apply: reading is what completes the handshake.
     pub(crate) fn wants_read(&self, limits: &Limits) -> bool {
         match self.state {
             State::Connecting => false,
             State::Lingering { .. } => true,
-            State::Handshake | State::Ready => self.queued() <= limits.send_buffer,
+            State::Handshake => self.queued() <= limits.send_buffer,
+            State::Ready => self.queued() <= limits.send_buffer && self.gate.closed().is_none(),
         }
     }
 
