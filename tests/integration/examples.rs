@@ -410,7 +410,6 @@ fn listen_answers_a_reading_peer_in_order() {
     assert_never_dropped(&mut listen, &id);
 }
 
-#[test]
 /// Regression: the reactor read a peer faster than the user could answer
 /// it (the in-flight cap filled while reading went on), so a 1:1
 /// responder's backlog grew without bound against a fast peer that reads.
