@@ -134,7 +134,7 @@ pub enum ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Io(_) => f.write_str("socket error"),
             ConnectError::Timeout(d) => write!(f, "connect timed out after {} ms", d.as_millis()),
             ConnectError::Cancelled => f.write_str("connection attempt cancelled"),
         }
@@ -189,9 +189,9 @@ impl<E: fmt::Display> fmt::Display for DisconnectReason<E> {
             DisconnectReason::Requested => f.write_str("disconnected by us"),
             DisconnectReason::Flushed => f.write_str("disconnected by us after flushing"),
             DisconnectReason::PeerClosed => f.write_str("closed by peer"),
-            DisconnectReason::Io(e) => write!(f, "socket error: {e}"),
-            DisconnectReason::Codec(e) => write!(f, "protocol violation: {e}"),
-            DisconnectReason::Session(e) => write!(f, "session: {e}"),
+            DisconnectReason::Io(_) => f.write_str("socket error"),
+            DisconnectReason::Codec(_) => f.write_str("protocol violation"),
+            DisconnectReason::Session(_) => f.write_str("session failed"),
             DisconnectReason::SendStalled { queued, timeout } => {
                 write!(f, "peer read nothing for {} s with {queued} bytes queued", timeout.as_secs_f64())
             }
@@ -234,7 +234,7 @@ impl<E: fmt::Display> fmt::Display for SendError<E> {
             SendError::UnknownPeer => f.write_str("unknown peer"),
             SendError::Closing => f.write_str("peer is closing"),
             SendError::Disconnected => f.write_str("peer disconnected before the message was sent"),
-            SendError::Encode(e) => write!(f, "cannot encode message: {e}"),
+            SendError::Encode(_) => f.write_str("cannot encode message"),
         }
     }
 }
