@@ -16,6 +16,7 @@ use std::time::Duration;
 use bitcoin::Transaction;
 use bitcoin::consensus::encode::deserialize_hex;
 use peerlink::Config;
+use peerlink::error::Report;
 
 const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX";
 
@@ -36,7 +37,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--network" => network = Some(common::network(&common::value(&mut args, "--network")?)?),
             "--peer" => {
                 let v = common::value(&mut args, "--peer")?;
-                peers.push(v.parse().map_err(|e| format!("bad --peer address {v:?}: {e}"))?);
+                peers.push(v.parse().map_err(|e| format!("bad --peer address {v:?}: {}", Report(&e)))?);
             }
             "--timeout" => {
                 let v = common::value(&mut args, "--timeout")?;
@@ -46,7 +47,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "-h" | "--help" => return Err("help requested".into()),
             s if s.starts_with("--") => return Err(format!("unknown option {s:?}")),
             s if tx.is_none() => {
-                tx = Some(deserialize_hex::<Transaction>(s).map_err(|e| format!("TX_HEX is not a transaction: {e}"))?)
+                tx = Some(
+                    deserialize_hex::<Transaction>(s)
+                        .map_err(|e| format!("TX_HEX is not a transaction: {}", Report(&e)))?,
+                )
             }
             s => return Err(format!("unexpected argument {s:?}")),
         }
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
     let outcomes = match peerlink::broadcast::broadcast(config, &args.tx, &args.peers, args.timeout) {
         Ok(o) => o,
         Err(e) => {
-            println!("error: {e}");
+            println!("error: {}", Report(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
                     d.elapsed.as_secs_f64()
                 );
             }
-            Err(e) => println!("peer={} result=failed reason={e}", outcome.addr),
+            Err(e) => println!("peer={} result=failed reason={}", outcome.addr, Report(e)),
         }
     }
     println!("delivered={delivered}/{}", outcomes.len());

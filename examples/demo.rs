@@ -6,6 +6,7 @@
 //! Run: `cargo run --example demo`
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bitcoin::absolute::LockTime;
@@ -14,11 +15,22 @@ use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+use peerlink::error::Report;
 use peerlink::{Config, Event, Handle, Mode, PeerId};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", Report(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Raw mode: this demo does the handshake by hand, to show every message.
     let mut raw = Config::new(bitcoin::Network::Regtest);
     raw.mode = Mode::Raw;

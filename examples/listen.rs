@@ -26,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
+use peerlink::error::Report;
 use peerlink::{Config, Event, Mode};
 
 const USAGE: &str = "usage: listen --bind ADDR [--network main|test|testnet4|signet|regtest] [--session]";
@@ -51,8 +52,7 @@ fn main() -> ExitCode {
     let handle = match peerlink::start(config) {
         Ok(h) => h,
         Err(e) => {
-            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
-            eprintln!("error: {e}{cause}");
+            eprintln!("error: {}", Report(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
                     common::describe_transport(info.transport),
                 );
             }
-            Event::Disconnected { peer, reason } => println!("disconnected peer={peer} reason={reason}"),
+            Event::Disconnected { peer, reason } => println!("disconnected peer={peer} reason={}", Report(&reason)),
             Event::Message { peer, message, wire_size } => {
                 println!("message peer={peer} cmd={} size={wire_size}", message.command());
                 let replies = match message {
@@ -100,11 +100,11 @@ fn main() -> ExitCode {
                 }
             }
             Event::SendRejected { peer, message, reason } => {
-                println!("rejected peer={peer} cmd={} reason={reason}", message.command())
+                println!("rejected peer={peer} cmd={} reason={}", message.command(), Report(&reason))
             }
             Event::Writable { peer } => println!("writable peer={peer}"),
             Event::ConnectFailed { peer, addr, error } => {
-                println!("connect-failed peer={peer} addr={addr} error={error}")
+                println!("connect-failed peer={peer} addr={addr} error={}", Report(&error))
             }
             _ => {}
         }
@@ -120,7 +120,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         match arg.as_str() {
             "--bind" => {
                 let v = args.next().ok_or("--bind needs an address")?;
-                bind = Some(v.parse().map_err(|e| format!("bad --bind address {v:?}: {e}"))?);
+                bind = Some(v.parse().map_err(|e| format!("bad --bind address {v:?}: {}", Report(&e)))?);
             }
             "--network" => {
                 let v = args.next().ok_or("--network needs a name")?;

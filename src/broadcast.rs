@@ -84,11 +84,11 @@ pub enum BroadcastError {
 impl fmt::Display for BroadcastError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BroadcastError::Connect(e) => write!(f, "connect failed: {e}"),
-            BroadcastError::Handshake(r) => write!(f, "handshake failed: {r}"),
+            BroadcastError::Connect(_) => f.write_str("could not connect"),
+            BroadcastError::Handshake(_) => f.write_str("connection ended during the handshake"),
             BroadcastError::NeverRequested => f.write_str("peer never requested the transaction"),
             BroadcastError::Rejected { code, reason } => write!(f, "rejected ({code}): {reason}"),
-            BroadcastError::Disconnected { stage, reason } => write!(f, "disconnected at stage {stage}: {reason}"),
+            BroadcastError::Disconnected { stage, .. } => write!(f, "connection ended at stage {stage}"),
             BroadcastError::Timeout { stage } => write!(f, "deadline passed at stage {stage}"),
         }
     }
