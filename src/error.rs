@@ -84,7 +84,7 @@ mod tests {
     use crate::broadcast::{BroadcastError, Stage};
     use crate::event::{ConnectError, DisconnectReason, SendError};
     use crate::session::SessionError;
-    use crate::wire::{Command, WireError};
+    use crate::wire::{Command, V2HandshakeError, WireError};
 
     fn io_error() -> io::Error {
         io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused")
@@ -105,6 +105,7 @@ mod tests {
             Box::new(StartError::Poll(io_error())),
             Box::new(StartError::Thread(io_error())),
             Box::new(payload_error()),
+            Box::new(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator)),
             Box::new(ConnectError::Io(io_error())),
             Box::new(DisconnectReason::<WireError>::Io(io_error())),
             Box::new(DisconnectReason::Codec(payload_error())),

@@ -188,6 +188,7 @@ fn receive(receiver: &mut V2Codec, stream: &[u8], rng: &mut Rng, expect: Expect,
             Some(
                 WireError::V2Auth
                 | WireError::V2Handshake(_)
+                | WireError::V2MessageType { .. }
                 | WireError::V2Oversize { .. }
                 | WireError::BadMagic { .. },
             ) => {

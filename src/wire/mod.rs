@@ -15,7 +15,7 @@ pub mod v1;
 pub mod v2;
 
 pub use v1::V1Codec;
-pub use v2::V2Codec;
+pub use v2::{V2Codec, V2HandshakeError};
 
 use crate::codec::{Codec, Decoded, Start, Transport};
 use bitcoin::p2p::message::NetworkMessage;
@@ -245,7 +245,13 @@ pub enum WireError {
         max: usize,
     },
     /// BIP324: the handshake went wrong.
-    V2Handshake(&'static str),
+    V2Handshake(V2HandshakeError),
+    /// BIP324: a packet's contents do not start with a complete message type
+    /// (one short id, or a zero byte and a 12-byte command).
+    V2MessageType {
+        /// Length of the packet's contents in bytes.
+        contents_len: usize,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -276,7 +282,10 @@ impl fmt::Display for WireError {
             WireError::V2Oversize { length, max } => {
                 write!(f, "v2 packet of {length} content bytes exceeds the limit of {max}")
             }
-            WireError::V2Handshake(why) => write!(f, "v2 handshake failed: {why}"),
+            WireError::V2Handshake(_) => f.write_str("v2 handshake failed"),
+            WireError::V2MessageType { contents_len } => {
+                write!(f, "v2 packet of {contents_len} content bytes lacks a complete message type")
+            }
         }
     }
 }
@@ -285,6 +294,7 @@ impl std::error::Error for WireError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             WireError::Payload { source, .. } => Some(source),
+            WireError::V2Handshake(e) => Some(e),
             _ => None,
         }
     }

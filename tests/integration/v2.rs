@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bitcoin::p2p::message::NetworkMessage;
 use peerlink::codec::Transport;
-use peerlink::wire::{TransportPolicy, WireError};
+use peerlink::wire::{TransportPolicy, V2HandshakeError, WireError};
 use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError};
 
 use crate::common::*;
@@ -188,7 +188,10 @@ fn v2_garbage_without_terminator_is_refused() {
         Event::Disconnected { reason, .. } => Some(reason),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::Codec(WireError::V2Handshake(_))), "{reason}");
+    assert!(
+        matches!(reason, DisconnectReason::Codec(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))),
+        "{reason:?}"
+    );
 }
 
 #[test]

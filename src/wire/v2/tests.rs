@@ -25,7 +25,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::cipher::{self, FsChaCha20, GARBAGE_TERMINATOR_LEN, PACKET_OVERHEAD, PacketCipher, SessionKeys, TAG_LEN};
-use super::{KEY_LEN, MAX_GARBAGE_LEN, V2Codec, command_of, short_id};
+use super::{KEY_LEN, MAX_GARBAGE_LEN, V2Codec, V2HandshakeError, command_of, short_id};
 use crate::codec::{Codec, Decoded, Start, Transport};
 use crate::wire::v1::MAX_PROTOCOL_MESSAGE_LENGTH;
 use crate::wire::{BitcoinCodec, TransportPolicy, V1Codec, WireError};
@@ -693,8 +693,16 @@ fn networks_do_not_mix() {
     exchange(&mut i, &mut r);
     // Each side may give up on the other's garbage (more than 4,111 bytes
     // without its terminator), or keep waiting.
-    assert!(matches!(i.error, None | Some(WireError::V2Handshake(_))), "{:?}", i.error);
-    assert!(matches!(r.error, None | Some(WireError::V2Handshake(_))), "{:?}", r.error);
+    assert!(
+        matches!(i.error, None | Some(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))),
+        "{:?}",
+        i.error
+    );
+    assert!(
+        matches!(r.error, None | Some(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))),
+        "{:?}",
+        r.error
+    );
     assert!(r.messages.is_empty() && i.messages.is_empty());
     assert!(!i.codec.is_established() && !r.codec.is_established());
     assert_ne!(i.codec.session_id(), r.codec.session_id());
@@ -888,7 +896,28 @@ fn empty_application_packet_is_refused() {
     stream.extend(m.packet(&[], false));
     stream.extend(m.packet(&[], false));
     r.receive(&stream);
-    assert!(matches!(r.error, Some(WireError::V2Handshake(_))), "{:?}", r.error);
+    assert!(matches!(r.error, Some(WireError::V2MessageType { contents_len: 0 })), "{:?}", r.error);
+}
+
+#[test]
+fn truncated_long_message_type_is_refused() {
+    let mut r = End::start(regtest(), false, 23);
+    let mut m = Manual::connect(&mut r, Magic::REGTEST, Vec::new());
+    let mut stream = m.preamble();
+    stream.extend(m.packet(&[], false));
+    // A zero byte announces a 12-byte command; only 4 follow.
+    stream.extend(m.packet(b"\0ping", false));
+    r.receive(&stream);
+    assert!(matches!(r.error, Some(WireError::V2MessageType { contents_len: 5 })), "{:?}", r.error);
+    assert!(r.messages.is_empty());
+}
+
+#[test]
+fn handshake_errors_are_a_source_not_part_of_the_text() {
+    let e = WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator);
+    assert_eq!(e.to_string(), "v2 handshake failed");
+    let source = std::error::Error::source(&e).expect("the handshake error is the source");
+    assert_eq!(source.to_string(), "no garbage terminator within 4,095 bytes");
 }
 
 #[test]
@@ -942,7 +971,7 @@ fn garbage_of_4096_bytes_is_refused() {
     r.receive(&stream[..MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN - 1]);
     assert!(r.error.is_none());
     r.receive(&stream[MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN - 1..MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN]);
-    assert!(matches!(r.error, Some(WireError::V2Handshake(_))), "{:?}", r.error);
+    assert!(matches!(r.error, Some(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))), "{:?}", r.error);
 }
 
 #[test]
@@ -1162,7 +1191,7 @@ fn v2_only_refuses_inbound_v1() {
     let codec = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Only, MAX_PROTOCOL_MESSAGE_LENGTH);
     let mut r = End::start(codec, false, 43);
     r.receive(&v1_frame(Network::Regtest, &NetworkMessage::Version(version_message())));
-    assert!(matches!(r.error, Some(WireError::V2Handshake(_))), "{:?}", r.error);
+    assert!(matches!(r.error, Some(WireError::V2Handshake(V2HandshakeError::V1PeerRefused))), "{:?}", r.error);
     assert!(r.outbox.is_empty());
 }
 
@@ -1201,7 +1230,7 @@ fn needs_fallback_when_a_v1_node_speaks_first() {
     assert!(!i.codec.needs_fallback());
     let version = v1_frame(Network::Regtest, &NetworkMessage::Version(version_message()));
     i.receive(&version);
-    assert!(matches!(i.error, Some(WireError::V2Handshake(_))), "{:?}", i.error);
+    assert!(matches!(i.error, Some(WireError::V2Handshake(V2HandshakeError::PeerAnsweredV1))), "{:?}", i.error);
     assert!(i.codec.needs_fallback());
     // The fallback codec reads what the v1 node said.
     let mut v1 = End::start(i.codec.fallback().expect("fallback"), true, 44);
@@ -1391,7 +1420,7 @@ proptest! {
         prop_assert!(r.max_asked <= r.codec.max_frame_len());
         prop_assert!(r.messages.is_empty());
         if stage == 0 && noise.len() >= MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN {
-            prop_assert!(matches!(r.error, Some(WireError::V2Handshake(_))), "{:?}", r.error);
+            prop_assert!(matches!(r.error, Some(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))), "{:?}", r.error);
         }
     }
 
