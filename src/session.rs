@@ -23,7 +23,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message::{CommandString, NetworkMessage};
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
 
@@ -149,14 +149,14 @@ pub enum SessionError {
     /// A message other than `version` arrived first.
     MessageBeforeVersion {
         /// Its command.
-        command: String,
+        command: CommandString,
     },
     /// A second `version`.
     DuplicateVersion,
     /// `wtxidrelay` or `sendaddrv2` after `verack` (BIP339, BIP155).
     FeatureAfterVerack {
         /// Its command.
-        command: String,
+        command: CommandString,
     },
     /// The peer's protocol version is below the minimum.
     ObsoleteVersion {
@@ -432,9 +432,9 @@ impl Session {
                 Ok(forward(message))
             }
             (NetworkMessage::Version(_), _) => Err(SessionError::DuplicateVersion),
-            (_, Stage::AwaitVersion) => {
-                Err(SessionError::MessageBeforeVersion { command: message.command().as_ref().to_owned() })
-            }
+            // `command()` borrows the static name of every known message;
+            // only an unknown message's own command is moved out.
+            (_, Stage::AwaitVersion) => Err(SessionError::MessageBeforeVersion { command: command_of(message) }),
             (NetworkMessage::WtxidRelay, Stage::AwaitVerack) => {
                 self.features.wtxid_relay = self.sent_wtxidrelay;
                 Ok(forward(message))
@@ -444,7 +444,7 @@ impl Session {
                 Ok(forward(message))
             }
             (NetworkMessage::WtxidRelay | NetworkMessage::SendAddrV2, Stage::Ready) => {
-                Err(SessionError::FeatureAfterVerack { command: message.command().as_ref().to_owned() })
+                Err(SessionError::FeatureAfterVerack { command: message.command() })
             }
             (NetworkMessage::Verack, Stage::AwaitVerack) => {
                 self.stage = Stage::Ready;
@@ -528,6 +528,15 @@ impl Session {
             Some((_, sent)) => later(sent, config.ping_timeout),
             None => self.next_ping,
         }
+    }
+}
+
+/// The command of `message`, without allocating: known messages have a static
+/// name, and an unknown message gives up the command it owns.
+fn command_of(message: NetworkMessage) -> CommandString {
+    match message {
+        NetworkMessage::Unknown { command, .. } => command,
+        known => known.command(),
     }
 }
 

@@ -445,10 +445,24 @@ fn message_before_version() {
             let mut out = Vec::new();
             s.start(&cfg, START_HEIGHT, UNIX_TIME, &mut out);
             let err = expect_err(&mut s, m, &cfg);
-            assert_eq!(err, SessionError::MessageBeforeVersion { command: cmd.to_owned() }, "{dir:?}");
+            assert_eq!(
+                err,
+                SessionError::MessageBeforeVersion { command: CommandString::try_from_static(cmd).unwrap() },
+                "{dir:?}"
+            );
             assert_eq!(err.to_string(), format!("{cmd} received before version"));
         }
     }
+}
+
+#[test]
+fn unknown_message_before_version_names_its_own_command() {
+    let cfg = SessionConfig::default();
+    let mut s = Session::new(Direction::Inbound, remote(), OUR_NONCE, Instant::now(), &cfg);
+    let command = CommandString::try_from("xyzzy").unwrap();
+    let err = expect_err(&mut s, NetworkMessage::Unknown { command: command.clone(), payload: vec![1] }, &cfg);
+    assert_eq!(err, SessionError::MessageBeforeVersion { command });
+    assert_eq!(err.to_string(), "xyzzy received before version");
 }
 
 #[test]
@@ -487,11 +501,14 @@ fn features_after_verack() {
     let (mut s, _) = ready_outbound(&cfg, t0);
     assert_eq!(
         expect_err(&mut s, NetworkMessage::WtxidRelay, &cfg),
-        SessionError::FeatureAfterVerack { command: "wtxidrelay".to_owned() }
+        SessionError::FeatureAfterVerack { command: CommandString::try_from_static("wtxidrelay").unwrap() }
     );
     let (mut s, _) = ready_outbound(&cfg, t0);
     let err = expect_err(&mut s, NetworkMessage::SendAddrV2, &cfg);
-    assert_eq!(err, SessionError::FeatureAfterVerack { command: "sendaddrv2".to_owned() });
+    assert_eq!(
+        err,
+        SessionError::FeatureAfterVerack { command: CommandString::try_from_static("sendaddrv2").unwrap() }
+    );
     assert_eq!(err.to_string(), "sendaddrv2 received after verack");
 }
 

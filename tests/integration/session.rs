@@ -149,7 +149,7 @@ fn message_before_version_disconnects() {
         _ => None,
     });
     assert!(
-        matches!(&reason, DisconnectReason::Session(SessionError::MessageBeforeVersion { command }) if command == "ping"),
+        matches!(&reason, DisconnectReason::Session(SessionError::MessageBeforeVersion { command }) if command.as_ref() == "ping"),
         "{reason}"
     );
 }
