@@ -190,6 +190,21 @@ fn bip324_packet_encoding_vectors() {
     assert_eq!((full_ciphertexts, suffixes), (5, 2));
 }
 
+#[test]
+fn tampered_packet_fails_with_auth_error() {
+    let keys = SessionKeys::derive(&[7; 32], Magic::REGTEST);
+    let mut sender = PacketCipher::new(&keys, true);
+    let mut receiver = PacketCipher::new(&keys, false);
+    let mut packet = Vec::new();
+    sender.encrypt_packet(b"contents", &[], false, &mut packet);
+    assert_eq!(receiver.decrypt_length(packet[..3].try_into().unwrap()), 8);
+    packet[5] ^= 1;
+    let err = receiver.decrypt_packet(&[], &mut packet[3..]).expect_err("a flipped bit fails the tag");
+    assert_eq!(err, cipher::AuthError);
+    assert_eq!(err.to_string(), "packet failed authentication");
+    assert!(std::error::Error::source(&err).is_none());
+}
+
 /// The XSwiftECInv vectors: libsecp256k1 exposes no inverse with a chosen
 /// `u` and case, so each listed `t` is checked through the forward map
 /// (`u || t` must decode to `x`), and every `x` on the curve through an
