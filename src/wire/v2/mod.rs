@@ -23,7 +23,13 @@
 //! `chacha20-poly1305`, libsecp256k1's ElligatorSwift XDH), and is checked
 //! against the BIP's test vectors.
 
+// The cipher layer is an implementation detail; the fuzz targets (built by
+// cargo-fuzz, which sets `--cfg fuzzing`) drive it directly to build honest
+// streams, so it is public there only.
+#[cfg(fuzzing)]
 pub mod cipher;
+#[cfg(not(fuzzing))]
+pub(crate) mod cipher;
 
 use bitcoin::p2p::Magic;
 use bitcoin::p2p::message::NetworkMessage;
