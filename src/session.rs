@@ -19,6 +19,7 @@
 //! [`SessionConfig::ping_interval`] and the peer is dropped if its pong takes
 //! longer than [`SessionConfig::ping_timeout`].
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -389,8 +390,8 @@ impl Session {
         }
     }
 
-    /// Handles an incoming message. `is_local_nonce` tells whether a nonce
-    /// belongs to one of our own `version` messages (self-connection check).
+    /// Handles an incoming message. [`Context::local_nonces`] holds the nonces
+    /// of our own outbound `version` messages (self-connection check).
     pub fn on_message(
         &mut self,
         message: NetworkMessage,
@@ -413,7 +414,7 @@ impl Session {
                         announced: v.services,
                     });
                 }
-                if self.direction == Direction::Inbound && (ctx.is_local_nonce)(v.nonce) {
+                if self.direction == Direction::Inbound && ctx.local_nonces.contains(&v.nonce) {
                     return Err(SessionError::SelfConnection);
                 }
                 self.peer = Some(PeerVersion::from_message(v));
@@ -566,6 +567,7 @@ pub(crate) fn later(at: Instant, d: Duration) -> Instant {
 }
 
 /// Context the session needs from its environment for one message.
+#[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     /// Session options.
     pub config: &'a SessionConfig,
@@ -573,14 +575,10 @@ pub struct Context<'a> {
     pub start_height: i32,
     /// Seconds since the Unix epoch, for our `version`.
     pub unix_time: i64,
-    /// Whether a nonce is one of our own outbound `version` nonces.
-    pub is_local_nonce: &'a dyn Fn(u64) -> bool,
-}
-
-impl fmt::Debug for Context<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Context").field("start_height", &self.start_height).field("unix_time", &self.unix_time).finish()
-    }
+    /// The nonces of our outbound `version` messages whose connections are
+    /// open: an inbound peer's `version` carrying one of them is ourselves
+    /// (Core's `CConnman::CheckIncomingNonce`).
+    pub local_nonces: &'a HashSet<u64>,
 }
 
 #[cfg(test)]
