@@ -218,8 +218,8 @@ struct Pair {
 
 impl Pair {
     fn new(like: &V2Codec) -> Pair {
-        let mut a = like.clone();
-        let mut b = like.clone();
+        let mut a = like.fresh();
+        let mut b = like.fresh();
         let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
         a.start(&Start::new(true, [0x21; 32]), &mut to_b).expect("start");
         b.start(&Start::new(false, [0x22; 32]), &mut to_a).expect("start");

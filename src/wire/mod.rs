@@ -44,7 +44,7 @@ impl std::fmt::Display for TransportPolicy {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Inner {
     V1(V1Codec),
     /// Boxed: v2 state is large and v1 connections should not pay for it.
@@ -54,10 +54,21 @@ enum Inner {
 /// The built-in Bitcoin codec: v1 or BIP324 v2 according to a
 /// [`TransportPolicy`], with Core's v1 fallback. Users see the same
 /// [`NetworkMessage`] values either way.
-#[derive(Debug, Clone)]
+///
+/// Cloning is [`fresh`](BitcoinCodec::fresh): the clone has the same
+/// settings and starts a new connection; a started connection's state is
+/// never copied (see [`V2Codec`]'s `Clone`). The reactor clones one
+/// unstarted prototype per connection.
+#[derive(Debug)]
 pub struct BitcoinCodec {
     policy: TransportPolicy,
     inner: Inner,
+}
+
+impl Clone for BitcoinCodec {
+    fn clone(&self) -> Self {
+        self.fresh()
+    }
 }
 
 impl BitcoinCodec {
@@ -77,6 +88,17 @@ impl BitcoinCodec {
     /// The policy this codec follows.
     pub fn policy(&self) -> TransportPolicy {
         self.policy
+    }
+
+    /// A codec with the same settings (network, policy, payload limit) in
+    /// its initial state, for a new connection. A fallback codec gives a v1
+    /// codec again.
+    pub fn fresh(&self) -> BitcoinCodec {
+        let inner = match &self.inner {
+            Inner::V1(c) => Inner::V1(c.fresh()),
+            Inner::V2(c) => Inner::V2(Box::new(c.fresh())),
+        };
+        BitcoinCodec { policy: self.policy, inner }
     }
 }
 

@@ -189,10 +189,14 @@ impl std::fmt::Debug for V2Codec {
     }
 }
 
+/// Cloning is [`fresh`](V2Codec::fresh): the clone has the same settings
+/// and starts a new connection. It is not a copy of a started connection:
+/// two copies of one BIP324 session would encrypt different messages under
+/// the same key and nonce. (The reactor clones one unstarted prototype per
+/// connection, which [`Codec`] requires.)
 impl Clone for V2Codec {
-    /// A fresh codec with the same settings (connection state is not cloned).
     fn clone(&self) -> Self {
-        V2Codec::new(self.magic).with_max_payload(self.max_payload).with_v1_inbound(self.allow_v1_inbound)
+        self.fresh()
     }
 }
 
@@ -222,6 +226,13 @@ impl V2Codec {
     pub fn with_max_payload(mut self, max: u32) -> Self {
         self.max_payload = max;
         self
+    }
+
+    /// A codec with the same settings (network, payload limit, inbound v1)
+    /// in its initial state, for a new connection. Keys, nonces and buffers
+    /// of this one are not copied.
+    pub fn fresh(&self) -> V2Codec {
+        V2Codec::new(self.magic).with_max_payload(self.max_payload).with_v1_inbound(self.allow_v1_inbound)
     }
 
     /// Whether inbound v1 peers are accepted (default true).

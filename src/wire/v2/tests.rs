@@ -676,7 +676,7 @@ fn rekeying_in_both_directions() {
 #[test]
 fn bitcoin_codec_v2_preferred_handshake() {
     let codec = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
-    let mut i = End::start(codec.clone(), true, 9);
+    let mut i = End::start(codec.fresh(), true, 9);
     let mut r = End::start(codec, false, 10);
     i.send(&NetworkMessage::Version(version_message()));
     exchange(&mut i, &mut r);
@@ -690,7 +690,7 @@ fn bitcoin_codec_v2_preferred_handshake() {
 #[test]
 fn v2_only_responder_completes_a_v2_handshake() {
     let codec = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Only, MAX_PROTOCOL_MESSAGE_LENGTH);
-    let mut i = End::start(codec.clone(), true, 14);
+    let mut i = End::start(codec.fresh(), true, 14);
     let mut r = End::start(codec, false, 15);
     i.send(&NetworkMessage::Verack);
     exchange(&mut i, &mut r);
@@ -1037,6 +1037,32 @@ fn established(seed: u8) -> (End<V2Codec>, End<V2Codec>) {
 }
 
 #[test]
+fn clone_of_a_started_codec_is_fresh() {
+    let (i, _) = established(33);
+    let copy = i.codec.clone();
+    assert!(!copy.is_established() && copy.session_id().is_none(), "no keys or state are copied");
+    // The clone has the same settings and runs a new session of its own.
+    let mut a = End::start(copy, true, 35);
+    let mut b = End::start(i.codec.fresh(), false, 36);
+    a.send(&NetworkMessage::Ping(5));
+    exchange(&mut a, &mut b);
+    assert_clean(&b);
+    assert_eq!(b.messages, [NetworkMessage::Ping(5)]);
+    assert!(a.codec.session_id().is_some());
+    assert_ne!(a.codec.session_id(), i.codec.session_id());
+}
+
+#[test]
+fn fresh_keeps_the_settings() {
+    let small = V2Codec::new(Network::Regtest).with_max_payload(1000).with_v1_inbound(false);
+    let fresh = small.fresh();
+    assert_eq!(fresh.max_frame_len(), small.max_frame_len());
+    let mut r = End::start(fresh, false, 37);
+    r.receive(&v1_frame(Network::Regtest, &NetworkMessage::Version(version_message())));
+    assert!(matches!(r.error, Some(WireError::V2Handshake(V2HandshakeError::V1PeerRefused))), "{:?}", r.error);
+}
+
+#[test]
 fn flipped_bit_fails_authentication() {
     for position in [3, 4, 8, 20] {
         let (mut i, mut r) = established(31);
@@ -1227,6 +1253,30 @@ fn fallback_per_policy() {
     assert!(bitcoin_codec(TransportPolicy::V2Only).fallback().is_none());
     assert!(bitcoin_codec(TransportPolicy::V1Only).fallback().is_none());
     assert_eq!(bitcoin_codec(TransportPolicy::V1Only).transport(), Transport::V1);
+}
+
+#[test]
+fn bitcoin_codec_clone_is_fresh_for_both_transports() {
+    let fallback = bitcoin_codec(TransportPolicy::V2Preferred).fallback().expect("v2-preferred falls back");
+    assert_eq!(fallback.fresh().policy(), TransportPolicy::V1Only, "a fresh fallback codec is v1 again");
+    // A v1 codec with a header whose payload is still arriving.
+    let frame = v1_frame(Network::Regtest, &NetworkMessage::Ping(3));
+    let mut v1 = bitcoin_codec(TransportPolicy::V1Only);
+    let mut out = Vec::new();
+    v1.start(&Start::new(true, [0; 32]), &mut out).unwrap();
+    assert!(matches!(v1.decode(&frame[..frame.len() - 1], &mut out), Ok(Decoded::NeedMore { .. })));
+    // Its clone expects a header, not the rest of that payload.
+    let mut copy = v1.clone();
+    let other = v1_frame(Network::Regtest, &NetworkMessage::Pong(4));
+    assert_eq!(
+        copy.decode(&other, &mut out).unwrap(),
+        Decoded::Message { message: NetworkMessage::Pong(4), consumed: other.len() }
+    );
+    // The v2 codec's clone has no keys.
+    let (i, _) = established(39);
+    let v2 = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
+    assert!(!v2.clone().is_established());
+    assert!(i.codec.is_established() && !i.codec.clone().is_established());
 }
 
 #[test]
