@@ -126,18 +126,3 @@ impl Default for Config {
         Config::new(bitcoin::Network::Bitcoin)
     }
 }
-
-/// Parses a network name as Bitcoin Core's `-chain` does (`main`, `test`,
-/// `testnet4`, `signet`, `regtest`), also accepting `mainnet`, `bitcoin` and
-/// `testnet3`.
-pub fn parse_network(name: &str) -> Option<bitcoin::Network> {
-    use bitcoin::Network;
-    Some(match name {
-        "main" | "mainnet" | "bitcoin" => Network::Bitcoin,
-        "test" | "testnet" | "testnet3" => Network::Testnet,
-        "testnet4" => Network::Testnet4,
-        "signet" => Network::Signet,
-        "regtest" => Network::Regtest,
-        _ => return None,
-    })
-}

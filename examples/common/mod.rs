@@ -4,10 +4,17 @@
 
 use bitcoin::p2p::ServiceFlags;
 
-/// Parses `--network NAME` values.
+/// Parses `--network NAME`: Bitcoin Core's `-chain` names (`main`, `test`,
+/// `testnet4`, `signet`, `regtest`, via rust-bitcoin's `Network::from_core_arg`),
+/// plus the aliases `mainnet`, `bitcoin`, `testnet` and `testnet3`.
 pub fn network(name: &str) -> Result<bitcoin::Network, String> {
-    peerlink::config::parse_network(name)
-        .ok_or_else(|| format!("unknown network {name:?} (expected main, test, testnet4, signet or regtest)"))
+    let core_name = match name {
+        "mainnet" | "bitcoin" => "main",
+        "testnet" | "testnet3" => "test",
+        other => other,
+    };
+    bitcoin::Network::from_core_arg(core_name)
+        .map_err(|_| format!("unknown network {name:?} (expected main, test, testnet4, signet or regtest)"))
 }
 
 /// Service flags by name, as Bitcoin Core prints them.
