@@ -93,7 +93,7 @@ pub use session::{Mode, SessionConfig, SessionError};
 pub fn start(config: Config) -> Result<Handle, StartError> {
     let codec = wire::BitcoinCodec::new(config.magic, config.transport, config.max_message_len);
     let mode = config.mode;
-    let session = config.session.clone();
+    let session = config.session_config();
     let seed = rng::Rng::from_os().u64();
     reactor::spawn(config, codec, move |shared| protocol::Bitcoin::new(mode, session, shared.clone(), seed))
 }

@@ -70,7 +70,9 @@ pub enum Mode {
 pub struct SessionConfig {
     /// Protocol version we announce. Default 70016.
     pub protocol_version: u32,
-    /// Services we announce. Default none.
+    /// Services we announce. Default none. The reactor adds `NODE_P2P_V2`
+    /// when [`Config::transport`](crate::Config::transport) accepts v2 (see
+    /// [`Config::local_services`](crate::Config::local_services)).
     pub services: ServiceFlags,
     /// Application name for the BIP14 user agent (`/peerlink:V/NAME:VERSION/`).
     pub user_agent_name: Option<String>,

@@ -34,6 +34,13 @@ pub enum TransportPolicy {
     V1Only,
 }
 
+impl TransportPolicy {
+    /// Whether BIP324 v2 connections are made or accepted under this policy.
+    pub fn accepts_v2(self) -> bool {
+        self != TransportPolicy::V1Only
+    }
+}
+
 impl std::fmt::Display for TransportPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

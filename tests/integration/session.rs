@@ -31,11 +31,41 @@ fn ready(handle: &Handle) -> (PeerId, PeerInfo) {
     wait_for(handle, |e| match e {
         Event::Ready { peer, info } => Some((peer, *info)),
         Event::Connected { .. } => panic!("session mode announces peers with Ready only"),
-        Event::Disconnected { reason, .. } => panic!("disconnected before ready: {reason}"),
-        Event::ConnectFailed { error, .. } => panic!("connect failed: {error}"),
+        Event::Disconnected { reason, .. } => panic!("disconnected before ready: {reason:?}"),
+        Event::ConnectFailed { error, .. } => panic!("connect failed: {error:?}"),
         Event::Message { message, .. } => panic!("message before ready: {message:?}"),
         _ => None,
     })
+}
+
+/// Core tries v2 only with peers that advertise NODE_P2P_V2: a reactor that
+/// accepts v2 announces it, in both directions, and one that does not, does not.
+#[test]
+fn p2p_v2_is_advertised_whenever_v2_is_accepted() {
+    use peerlink::wire::TransportPolicy::{V1Only, V2Preferred};
+    for (server_policy, client_policy) in [(V2Preferred, V1Only), (V1Only, V2Preferred), (V2Preferred, V2Preferred)] {
+        let mut server_config = session_config();
+        server_config.transport = server_policy;
+        server_config.session.services = ServiceFlags::WITNESS;
+        let (server, addr) = session_listener(server_config);
+        let mut client_config = session_config();
+        client_config.transport = client_policy;
+        let client = peerlink::start(client_config).unwrap();
+        client.connect(addr).unwrap();
+        let (_, client_view) = ready(&client);
+        // A v1-only server refuses the client's first (v2) attempt; the
+        // client then retries as v1 on a new connection.
+        let server_view = wait_for(&server, |e| match e {
+            Event::Ready { info, .. } => Some(*info),
+            _ => None,
+        });
+        let server_services = client_view.version.unwrap().services;
+        let client_services = server_view.version.unwrap().services;
+        let case = format!("server {server_policy}, client {client_policy}");
+        assert_eq!(server_services.has(ServiceFlags::P2P_V2), server_policy.accepts_v2(), "{case}");
+        assert!(server_services.has(ServiceFlags::WITNESS), "{case}: configured services are kept");
+        assert_eq!(client_services.has(ServiceFlags::P2P_V2), client_policy.accepts_v2(), "{case}");
+    }
 }
 
 #[test]
@@ -132,7 +162,7 @@ fn handshake_timeout_disconnects_silent_peer() {
         Event::Disconnected { reason, .. } => Some(reason),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::Session(SessionError::HandshakeTimeout(_))), "{reason}");
+    assert!(matches!(reason, DisconnectReason::Session(SessionError::HandshakeTimeout(_))), "{reason:?}");
 }
 
 #[test]
@@ -150,7 +180,7 @@ fn message_before_version_disconnects() {
     });
     assert!(
         matches!(&reason, DisconnectReason::Session(SessionError::MessageBeforeVersion { command }) if command.as_ref() == "ping"),
-        "{reason}"
+        "{reason:?}"
     );
 }
 
@@ -166,7 +196,7 @@ fn missing_required_services_refused() {
         Event::Ready { .. } => panic!("ready without required services"),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::Session(SessionError::MissingServices { .. })), "{reason}");
+    assert!(matches!(reason, DisconnectReason::Session(SessionError::MissingServices { .. })), "{reason:?}");
     drop(server);
 }
 
