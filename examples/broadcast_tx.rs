@@ -4,8 +4,12 @@
 //! cargo run --example broadcast_tx -- --network NET --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX
 //! ```
 //!
-//! Prints the txid, then one line per peer with its outcome. Exits 0 when at
-//! least one peer fetched the transaction and confirmed processing it.
+//! Prints the txid, then one line per peer with its outcome: `delivered` (the
+//! peer fetched the transaction and confirmed processing it),
+//! `not-requested` (it processed the announcement but did not ask for the
+//! transaction within Bitcoin Core's request delays: it may already have it,
+//! as after a second broadcast of the same transaction) or `failed`. Exits 0
+//! when at least one peer was `delivered` or `not-requested`.
 
 mod common;
 
@@ -16,6 +20,7 @@ use std::time::Duration;
 use bitcoin::Transaction;
 use bitcoin::consensus::encode::deserialize_hex;
 use peerlink::Config;
+use peerlink::broadcast::DeliveryKind;
 use peerlink::error::Report;
 
 const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX";
@@ -81,13 +86,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut delivered = 0;
+    let (mut sent, mut not_requested) = (0, 0);
     for outcome in &outcomes {
         match &outcome.result {
             Ok(d) => {
-                delivered += 1;
+                let result = match d.kind {
+                    DeliveryKind::Sent => {
+                        sent += 1;
+                        "delivered"
+                    }
+                    _ => {
+                        not_requested += 1;
+                        "not-requested note=\"the peer may already have it\""
+                    }
+                };
                 println!(
-                    "peer={} result=delivered ua={:?} announced_by={} elapsed={:.3}s",
+                    "peer={} result={result} ua={:?} announced_by={} elapsed={:.3}s",
                     outcome.addr,
                     d.user_agent,
                     if d.by_wtxid { "wtxid" } else { "txid" },
@@ -97,6 +111,7 @@ fn main() -> ExitCode {
             Err(e) => println!("peer={} result=failed reason={}", outcome.addr, Report(e)),
         }
     }
-    println!("delivered={delivered}/{}", outcomes.len());
-    if delivered > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    let failed = outcomes.len() - sent - not_requested;
+    println!("delivered={sent} not_requested={not_requested} failed={failed}");
+    if sent + not_requested > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
