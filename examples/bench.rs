@@ -44,6 +44,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::thread;
@@ -56,6 +57,7 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 use peerlink::codec::{Codec, Transport};
+use peerlink::error::Report;
 use peerlink::wire::{TransportPolicy, V1Codec};
 use peerlink::{Config, Event, Handle, PeerId};
 use peerlink::{RecvTimeoutError, TryRecvError};
@@ -128,7 +130,17 @@ impl Wire {
     }
 }
 
-fn main() -> BenchResult<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", Report(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> BenchResult<()> {
     let mut quick = false;
     let mut only: Vec<String> = Vec::new();
     let mut wires = vec![Wire::V1, Wire::V2];
@@ -352,7 +364,7 @@ fn next_event(handle: &Handle) -> Result<Event, RecvTimeoutError> {
 fn connected(handle: &Handle) -> BenchResult<PeerId> {
     match handle.recv_timeout(STALL)? {
         Event::Connected { peer, .. } => Ok(peer),
-        Event::ConnectFailed { error, .. } => Err(format!("connect failed: {error}").into()),
+        Event::ConnectFailed { error, .. } => Err(format!("connect failed: {}", Report(&error)).into()),
         other => Err(format!("unexpected event while connecting: {other:?}").into()),
     }
 }
@@ -422,21 +434,25 @@ fn send_all(
                             break;
                         }
                         Ok(Event::Disconnected { reason, .. }) => {
-                            return Err(format!("sender disconnected: {reason}").into());
+                            return Err(format!("sender disconnected: {}", Report(&reason)).into());
                         }
-                        Ok(Event::SendRejected { reason, .. }) => return Err(format!("send rejected: {reason}").into()),
+                        Ok(Event::SendRejected { reason, .. }) => {
+                            return Err(format!("send rejected: {}", Report(&reason)).into());
+                        }
                         Ok(_) => {}
                         Err(RecvTimeoutError::Timeout) => return Err("no Writable after a refused send".into()),
                         Err(RecvTimeoutError::Disconnected) => return Err("sender reactor stopped".into()),
                     }
                 }
             }
-            Err(refused) => return Err(format!("send refused: {refused}").into()),
+            Err(refused) => return Err(format!("send refused: {}", Report(&refused)).into()),
         }
     }
     while !done() {
         match handle.recv_timeout(Duration::from_millis(1)) {
-            Ok(Event::Disconnected { reason, .. }) => return Err(format!("sender disconnected: {reason}").into()),
+            Ok(Event::Disconnected { reason, .. }) => {
+                return Err(format!("sender disconnected: {}", Report(&reason)).into());
+            }
             Ok(_) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Err("sender reactor stopped".into()),
         }
@@ -479,9 +495,11 @@ fn peerlink_one_way(
                     received += 1;
                     payload += len;
                 }
-                Ok(Event::Disconnected { reason, .. }) => return Err(format!("receiver disconnected: {reason}")),
+                Ok(Event::Disconnected { reason, .. }) => {
+                    return Err(format!("receiver disconnected: {}", Report(&reason)));
+                }
                 Ok(_) => {}
-                Err(e) => return Err(format!("receiver stalled after {received} messages: {e}")),
+                Err(e) => return Err(format!("receiver stalled after {received} messages: {}", Report(&e))),
             }
         }
         // The handle goes back to the caller so the connection outlives the
@@ -687,9 +705,11 @@ fn peerlink_ping_pong(wire: Wire, trips: usize, warmup: usize) -> BenchResult<Ve
                     server.send(peer, NetworkMessage::Pong(n)).map_err(|e| e.to_string())?;
                     answered += 1;
                 }
-                Ok(Event::Disconnected { reason, .. }) => return Err(format!("responder disconnected: {reason}")),
+                Ok(Event::Disconnected { reason, .. }) => {
+                    return Err(format!("responder disconnected: {}", Report(&reason)));
+                }
                 Ok(_) => {}
-                Err(e) => return Err(format!("responder stalled after {answered}: {e}")),
+                Err(e) => return Err(format!("responder stalled after {answered}: {}", Report(&e))),
             }
         }
         // Stay alive (keeping the reactor up) until the client is done.
@@ -708,7 +728,9 @@ fn peerlink_ping_pong(wire: Wire, trips: usize, warmup: usize) -> BenchResult<Ve
             match next_event(&client)? {
                 Event::Message { message: NetworkMessage::Pong(n), .. } if n == i => break,
                 Event::Message { message, .. } => return Err(format!("unexpected {}", message.cmd()).into()),
-                Event::Disconnected { reason, .. } => return Err(format!("client disconnected: {reason}").into()),
+                Event::Disconnected { reason, .. } => {
+                    return Err(format!("client disconnected: {}", Report(&reason)).into());
+                }
                 _ => {}
             }
         }
@@ -872,7 +894,9 @@ fn peerlink_many(p: &Params, bytes: &Arc<Vec<u8>>) -> BenchResult<ManyConns> {
     while messages < expected {
         match next_event(&server)? {
             Event::Message { message: NetworkMessage::Inv(_), .. } => messages += 1,
-            Event::Disconnected { reason, .. } => return Err(format!("inbound peer disconnected: {reason}").into()),
+            Event::Disconnected { reason, .. } => {
+                return Err(format!("inbound peer disconnected: {}", Report(&reason)).into());
+            }
             other => return Err(format!("unexpected event: {other:?}").into()),
         }
     }

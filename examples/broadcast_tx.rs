@@ -4,8 +4,12 @@
 //! cargo run --example broadcast_tx -- --network NET --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX
 //! ```
 //!
-//! Prints the txid, then one line per peer with its outcome. Exits 0 when at
-//! least one peer fetched the transaction and confirmed processing it.
+//! Prints the txid, then one line per peer with its outcome: `delivered` (the
+//! peer fetched the transaction and confirmed processing it),
+//! `not-requested` (it processed the announcement but did not ask for the
+//! transaction within Bitcoin Core's request delays: it may already have it,
+//! as after a second broadcast of the same transaction) or `failed`. Exits 0
+//! when at least one peer was `delivered` or `not-requested`.
 
 mod common;
 
@@ -16,6 +20,8 @@ use std::time::Duration;
 use bitcoin::Transaction;
 use bitcoin::consensus::encode::deserialize_hex;
 use peerlink::Config;
+use peerlink::broadcast::DeliveryKind;
+use peerlink::error::Report;
 
 const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX";
 
@@ -36,7 +42,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--network" => network = Some(common::network(&common::value(&mut args, "--network")?)?),
             "--peer" => {
                 let v = common::value(&mut args, "--peer")?;
-                peers.push(v.parse().map_err(|e| format!("bad --peer address {v:?}: {e}"))?);
+                peers.push(v.parse().map_err(|e| format!("bad --peer address {v:?}: {}", Report(&e)))?);
             }
             "--timeout" => {
                 let v = common::value(&mut args, "--timeout")?;
@@ -46,7 +52,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "-h" | "--help" => return Err("help requested".into()),
             s if s.starts_with("--") => return Err(format!("unknown option {s:?}")),
             s if tx.is_none() => {
-                tx = Some(deserialize_hex::<Transaction>(s).map_err(|e| format!("TX_HEX is not a transaction: {e}"))?)
+                tx = Some(
+                    deserialize_hex::<Transaction>(s)
+                        .map_err(|e| format!("TX_HEX is not a transaction: {}", Report(&e)))?,
+                )
             }
             s => return Err(format!("unexpected argument {s:?}")),
         }
@@ -73,26 +82,36 @@ fn main() -> ExitCode {
     let outcomes = match peerlink::broadcast::broadcast(config, &args.tx, &args.peers, args.timeout) {
         Ok(o) => o,
         Err(e) => {
-            println!("error: {}", common::chain(&e));
+            println!("error: {}", Report(&e));
             return ExitCode::FAILURE;
         }
     };
-    let mut delivered = 0;
+    let (mut sent, mut not_requested) = (0, 0);
     for outcome in &outcomes {
         match &outcome.result {
             Ok(d) => {
-                delivered += 1;
+                let result = match d.kind {
+                    DeliveryKind::Sent => {
+                        sent += 1;
+                        "delivered"
+                    }
+                    _ => {
+                        not_requested += 1;
+                        "not-requested note=\"the peer may already have it\""
+                    }
+                };
                 println!(
-                    "peer={} result=delivered ua={:?} announced_by={} elapsed={:.3}s",
+                    "peer={} result={result} ua={:?} announced_by={} elapsed={:.3}s",
                     outcome.addr,
                     d.user_agent,
                     if d.by_wtxid { "wtxid" } else { "txid" },
                     d.elapsed.as_secs_f64()
                 );
             }
-            Err(e) => println!("peer={} result=failed reason={}", outcome.addr, common::chain(e)),
+            Err(e) => println!("peer={} result=failed reason={}", outcome.addr, Report(e)),
         }
     }
-    println!("delivered={delivered}/{}", outcomes.len());
-    if delivered > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    let failed = outcomes.len() - sent - not_requested;
+    println!("delivered={sent} not_requested={not_requested} failed={failed}");
+    if sent + not_requested > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -29,6 +29,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::GetHeadersMessage;
 use bitcoin::p2p::message_filter::{GetCFCheckpt, GetCFHeaders, GetCFilters};
 use bitcoin::{BlockHash, ScriptBuf};
+use peerlink::error::Report;
 use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError};
 
 const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest --peer ADDR [--script HEX ...]";
@@ -57,11 +58,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--network" => network = Some(common::network(&common::value(&mut args, "--network")?)?),
             "--peer" => {
                 let v = common::value(&mut args, "--peer")?;
-                peer = Some(v.parse().map_err(|e| format!("bad --peer address {v:?}: {e}"))?);
+                peer = Some(v.parse().map_err(|e| format!("bad --peer address {v:?}: {}", Report(&e)))?);
             }
             "--script" => {
                 let v = common::value(&mut args, "--script")?;
-                scripts.push(ScriptBuf::from_hex(&v).map_err(|e| format!("bad --script hex {v:?}: {e}"))?);
+                scripts.push(ScriptBuf::from_hex(&v).map_err(|e| format!("bad --script hex {v:?}: {}", Report(&e)))?);
             }
             "-h" | "--help" => return Err("help requested".into()),
             s => return Err(format!("unexpected argument {s:?}")),
@@ -100,7 +101,7 @@ impl Client {
         mut pick: impl FnMut(NetworkMessage) -> Option<T>,
     ) -> Result<T, String> {
         let what = request.command();
-        self.handle.send(self.peer, request).map_err(|e| format!("cannot send {what}: {e}"))?;
+        self.handle.send(self.peer, request).map_err(|e| Report(&e).to_string())?;
         self.wait(what.as_ref(), &mut pick)
     }
 
@@ -113,7 +114,7 @@ impl Client {
                     }
                 }
                 Ok(Event::Disconnected { reason, .. }) => {
-                    return Err(format!("peer disconnected: {}", common::chain(&reason)));
+                    return Err(format!("peer disconnected: {}", Report(&reason)));
                 }
                 Ok(_) => {}
                 Err(_) => return Err(format!("no answer to {what} within {} s", REQUEST_TIMEOUT.as_secs())),
@@ -127,8 +128,8 @@ fn run(args: &Args) -> Result<(), String> {
     config.session.user_agent_name = Some("cbf_client".into());
     config.session.relay = false;
     config.session.required_services = ServiceFlags::COMPACT_FILTERS;
-    let handle = peerlink::start(config).map_err(|e| common::chain(&e))?;
-    let peer = handle.connect(args.peer).map_err(|e| common::chain(&e))?;
+    let handle = peerlink::start(config).map_err(|e| Report(&e).to_string())?;
+    let peer = handle.connect(args.peer).map_err(|e| Report(&e).to_string())?;
     loop {
         match handle.recv_timeout(Duration::from_secs(90)).map_err(|_| "no handshake within 90 s".to_string())? {
             Event::Ready { info, .. } => {
@@ -151,10 +152,8 @@ fn run(args: &Args) -> Result<(), String> {
                     common::service_names(announced)
                 ));
             }
-            Event::Disconnected { reason, .. } => {
-                return Err(format!("handshake failed: {}", common::chain(&reason)));
-            }
-            Event::ConnectFailed { error, .. } => return Err(common::chain(&error)),
+            Event::Disconnected { reason, .. } => return Err(format!("handshake failed: {}", Report(&reason))),
+            Event::ConnectFailed { error, .. } => return Err(format!("connect failed: {}", Report(&error))),
             _ => {}
         }
     }
@@ -174,7 +173,7 @@ fn run(args: &Args) -> Result<(), String> {
             if h.prev_blockhash != *hashes.last().expect("non-empty") {
                 return Err(format!("header {} does not connect to height {}", h.block_hash(), hashes.len() - 1));
             }
-            h.validate_pow(h.target()).map_err(|e| format!("header {}: {e}", h.block_hash()))?;
+            h.validate_pow(h.target()).map_err(|e| format!("header {}: {}", h.block_hash(), Report(&e)))?;
             hashes.push(h.block_hash());
         }
         if headers.len() < MAX_HEADERS {
@@ -233,10 +232,7 @@ fn run(args: &Args) -> Result<(), String> {
     for start in (0..=tip).step_by(MAX_CFILTERS) {
         let stop = (start + MAX_CFILTERS - 1).min(tip);
         let request = GetCFilters { filter_type: BASIC, start_height: start as u32, stop_hash: hashes[stop] };
-        client
-            .handle
-            .send(client.peer, NetworkMessage::GetCFilters(request))
-            .map_err(|e| format!("cannot send getcfilters: {e}"))?;
+        client.handle.send(client.peer, NetworkMessage::GetCFilters(request)).map_err(|e| Report(&e).to_string())?;
         for height in start..=stop {
             let cf = client.wait("getcfilters", &mut |m| match m {
                 NetworkMessage::CFilter(c) if c.filter_type == BASIC => Some(c),
@@ -253,7 +249,7 @@ fn run(args: &Args) -> Result<(), String> {
             filters += 1;
             if !args.scripts.is_empty() {
                 let query = args.scripts.iter().map(|s| s.as_bytes());
-                if filter.match_any(&cf.block_hash, query).map_err(|e| format!("filter at {height}: {e}"))? {
+                if filter.match_any(&cf.block_hash, query).map_err(|e| format!("filter at {height}: {}", Report(&e)))? {
                     matches += 1;
                     println!("match height={height} block={}", cf.block_hash);
                 }

@@ -20,6 +20,7 @@ use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+use peerlink::error::Report;
 use peerlink::{Config, Event, Handle, Mode, PeerId};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", common::chain(e.as_ref()));
+            eprintln!("error: {}", Report(&*e));
             ExitCode::FAILURE
         }
     }

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bitcoin::p2p::message::NetworkMessage;
+use peerlink::error::Report;
 use peerlink::{Config, Disconnect, Event};
 
 const USAGE: &str = "usage: handshake ADDR [--network main|test|testnet4|signet|regtest] [--user-agent S] [--hold SECS] [--transport v1|v2|auto]";
@@ -52,7 +53,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "-h" | "--help" => return Err("help requested".into()),
             s if s.starts_with("--") => return Err(format!("unknown option {s:?}")),
-            s if addr.is_none() => addr = Some(s.parse().map_err(|e| format!("bad address {s:?}: {e}"))?),
+            s if addr.is_none() => addr = Some(s.parse().map_err(|e| format!("bad address {s:?}: {}", Report(&e)))?),
             s => return Err(format!("unexpected argument {s:?}")),
         }
     }
@@ -90,16 +91,14 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     let timeout = config.connect_timeout + config.session.handshake_timeout;
-    let handle = peerlink::start(config).map_err(|e| common::chain(&e))?;
+    let handle = peerlink::start(config).map_err(|e| Report(&e).to_string())?;
     println!("connecting addr={} network={} transport={}", args.addr, args.network, args.transport);
-    let peer = handle.connect(args.addr).map_err(|e| common::chain(&e))?;
+    let peer = handle.connect(args.addr).map_err(|e| Report(&e).to_string())?;
     let info = loop {
         match handle.recv_timeout(timeout).map_err(|_| "no answer from peer".to_string())? {
             Event::Ready { info, .. } => break info,
-            Event::ConnectFailed { error, .. } => return Err(common::chain(&error)),
-            Event::Disconnected { reason, .. } => {
-                return Err(format!("handshake failed: {}", common::chain(&reason)));
-            }
+            Event::ConnectFailed { error, .. } => return Err(format!("connect failed: {}", Report(&error))),
+            Event::Disconnected { reason, .. } => return Err(format!("handshake failed: {}", Report(&reason))),
             _ => {}
         }
     };
@@ -119,13 +118,11 @@ fn run(args: Args) -> Result<(), String> {
     // Our own ping: its pong is handed to us (the session keeps its own).
     let nonce = u64::from(std::process::id()) << 32 | 0x70_6c;
     let sent = Instant::now();
-    handle.send(peer, NetworkMessage::Ping(nonce)).map_err(|e| format!("cannot send ping: {e}"))?;
+    handle.send(peer, NetworkMessage::Ping(nonce)).map_err(|e| Report(&e).to_string())?;
     loop {
         match handle.recv_timeout(Duration::from_secs(30)).map_err(|_| "no pong within 30 s".to_string())? {
             Event::Message { message: NetworkMessage::Pong(n), .. } if n == nonce => break,
-            Event::Disconnected { reason, .. } => {
-                return Err(format!("disconnected before the pong: {}", common::chain(&reason)));
-            }
+            Event::Disconnected { reason, .. } => return Err(format!("disconnected: {}", Report(&reason))),
             _ => {}
         }
     }
@@ -152,7 +149,7 @@ fn run(args: Args) -> Result<(), String> {
                     println!("message cmd={} size={wire_size}", message.command())
                 }
                 Ok(Event::Disconnected { reason, .. }) => {
-                    return Err(format!("disconnected while holding: {}", common::chain(&reason)));
+                    return Err(format!("disconnected while holding: {}", Report(&reason)));
                 }
                 Ok(_) => {}
                 Err(_) => break,
@@ -165,11 +162,11 @@ fn run(args: Args) -> Result<(), String> {
             );
         }
     }
-    handle.disconnect(peer, Disconnect::AfterFlush).map_err(|e| common::chain(&e))?;
+    handle.disconnect(peer, Disconnect::AfterFlush).map_err(|e| Report(&e).to_string())?;
     loop {
         match handle.recv_timeout(Duration::from_secs(10)) {
             Ok(Event::Disconnected { reason, .. }) => {
-                println!("disconnected reason={}", common::chain(&reason));
+                println!("disconnected reason={}", Report(&reason));
                 break;
             }
             Ok(_) => {}

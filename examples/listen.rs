@@ -35,6 +35,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
+use peerlink::error::Report;
 use peerlink::{Config, Disconnect, Event, Handle, Mode, PeerId, ReactorGone, Refusal, Refused};
 
 const USAGE: &str = "usage: listen --bind ADDR [--network main|test|testnet4|signet|regtest] [--session]";
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
     let handle = match peerlink::start(config) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("error: {}", common::chain(&e));
+            eprintln!("error: {}", Report(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -111,7 +112,7 @@ fn serve(handle: &Handle, session: bool) -> Result<(), ReactorGone> {
                 );
             }
             Event::Disconnected { peer, reason } => {
-                println!("disconnected peer={peer} reason={}", common::chain(&reason));
+                println!("disconnected peer={peer} reason={}", Report(&reason));
                 outbox.forget(peer);
             }
             Event::Message { peer, message, wire_size } => {
@@ -136,10 +137,10 @@ fn serve(handle: &Handle, session: bool) -> Result<(), ReactorGone> {
             Event::SendRejected { peer, message, reason } => {
                 // Accepted by `send`, then handed back: the peer went away
                 // meanwhile. Nothing to retry.
-                println!("rejected peer={peer} cmd={} reason={}", message.command(), common::chain(&reason))
+                println!("rejected peer={peer} cmd={} reason={}", message.command(), Report(&reason))
             }
             Event::ConnectFailed { peer, addr, error } => {
-                println!("connect-failed peer={peer} addr={addr} error={}", common::chain(&error))
+                println!("connect-failed peer={peer} addr={addr} error={}", Report(&error))
             }
             _ => {}
         }
@@ -266,7 +267,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         match arg.as_str() {
             "--bind" => {
                 let v = args.next().ok_or("--bind needs an address")?;
-                bind = Some(v.parse().map_err(|e| format!("bad --bind address {v:?}: {e}"))?);
+                bind = Some(v.parse().map_err(|e| format!("bad --bind address {v:?}: {}", Report(&e)))?);
             }
             "--network" => {
                 let v = args.next().ok_or("--network needs a name")?;

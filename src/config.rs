@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bitcoin::p2p::Magic;
+use bitcoin::p2p::{Magic, ServiceFlags};
 
 use crate::session::{Mode, SessionConfig};
 use crate::wire::TransportPolicy;
@@ -120,6 +120,23 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The services announced in our `version` in session mode:
+    /// [`SessionConfig::services`], plus `NODE_P2P_V2` whenever
+    /// [`Config::transport`] accepts BIP324 v2, as Bitcoin Core adds it to
+    /// its local services when `-v2transport` is on (src/init.cpp). Core tries
+    /// v2 only with peers that advertise it.
+    pub fn local_services(&self) -> ServiceFlags {
+        if self.transport.accepts_v2() { self.session.services | ServiceFlags::P2P_V2 } else { self.session.services }
+    }
+
+    /// The session options the reactor runs with: [`Config::session`] with
+    /// [`local_services`](Config::local_services).
+    pub(crate) fn session_config(&self) -> SessionConfig {
+        SessionConfig { services: self.local_services(), ..self.session.clone() }
+    }
+}
+
 impl Default for Config {
     /// Mainnet defaults.
     fn default() -> Config {
@@ -127,17 +144,26 @@ impl Default for Config {
     }
 }
 
-/// Parses a network name as Bitcoin Core's `-chain` does (`main`, `test`,
-/// `testnet4`, `signet`, `regtest`), also accepting `mainnet`, `bitcoin` and
-/// `testnet3`.
-pub fn parse_network(name: &str) -> Option<bitcoin::Network> {
-    use bitcoin::Network;
-    Some(match name {
-        "main" | "mainnet" | "bitcoin" => Network::Bitcoin,
-        "test" | "testnet" | "testnet3" => Network::Testnet,
-        "testnet4" => Network::Testnet4,
-        "signet" => Network::Signet,
-        "regtest" => Network::Regtest,
-        _ => return None,
-    })
+#[cfg(test)]
+mod tests {
+    use bitcoin::p2p::ServiceFlags;
+
+    use super::Config;
+    use crate::wire::TransportPolicy;
+
+    #[test]
+    fn p2p_v2_is_announced_whenever_v2_is_accepted() {
+        let mut config = Config::new(bitcoin::Network::Regtest);
+        config.session.services = ServiceFlags::WITNESS;
+        for (policy, p2p_v2) in
+            [(TransportPolicy::V2Preferred, true), (TransportPolicy::V2Only, true), (TransportPolicy::V1Only, false)]
+        {
+            config.transport = policy;
+            let services = config.local_services();
+            assert_eq!(services.has(ServiceFlags::P2P_V2), p2p_v2, "{policy}");
+            assert!(services.has(ServiceFlags::WITNESS), "the configured services stay");
+            assert_eq!(config.session_config().services, services);
+            assert_eq!(config.session.services, ServiceFlags::WITNESS, "the user's setting is left alone");
+        }
+    }
 }

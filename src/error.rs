@@ -1,4 +1,10 @@
-//! Errors returned by the public API (per-peer problems arrive as events).
+//! Errors returned by the public API (per-peer problems arrive as events),
+//! and [`Report`], which prints an error with its causes.
+//!
+//! One convention holds for every error type in the crate: its `Display`
+//! describes its own level only, and the cause, if any, is returned by
+//! [`source`](std::error::Error::source) and not repeated in the text. Print
+//! an error with [`Report`] to see the whole chain.
 
 use std::fmt;
 use std::io;
@@ -103,3 +109,110 @@ impl fmt::Display for RecvTimeoutError {
 }
 
 impl std::error::Error for RecvTimeoutError {}
+/// Displays an error followed by each of its sources, joined by `": "`.
+///
+/// Errors in this crate describe only their own level and hand out their cause
+/// through [`source`](std::error::Error::source); `Report` prints the whole
+/// chain, outermost first.
+///
+/// ```
+/// use peerlink::error::Report;
+///
+/// let source = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+/// let error = peerlink::StartError::Bind { addr: "127.0.0.1:8333".parse().unwrap(), source };
+/// assert_eq!(error.to_string(), "cannot listen on 127.0.0.1:8333");
+/// assert_eq!(Report(&error).to_string(), "cannot listen on 127.0.0.1:8333: address in use");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io;
+
+    use super::{Report, StartError};
+    use crate::broadcast::{BroadcastError, Stage};
+    use crate::event::{ConnectError, DisconnectReason, SendError};
+    use crate::session::SessionError;
+    use crate::stack::Bitcoin;
+    use crate::wire::{Command, V2HandshakeError, WireError};
+
+    fn io_error() -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused")
+    }
+
+    /// A payload error with a two-level source: rust-bitcoin's `Io`, then the
+    /// `io::Error` itself.
+    fn payload_error() -> WireError {
+        let source = bitcoin::consensus::deserialize::<u32>(&[1]).expect_err("one byte is not a u32");
+        WireError::Payload { command: Command::from_wire(*b"ping\0\0\0\0\0\0\0\0").expect("valid"), source }
+    }
+
+    /// One value of every public error variant that has a source.
+    fn errors_with_sources() -> Vec<Box<dyn Error + 'static>> {
+        let addr = "127.0.0.1:8333".parse().expect("valid address");
+        vec![
+            Box::new(StartError::Bind { addr, source: io_error() }),
+            Box::new(StartError::Poll(io_error())),
+            Box::new(StartError::Thread(io_error())),
+            Box::new(payload_error()),
+            Box::new(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator)),
+            Box::new(ConnectError::Io(io_error())),
+            Box::new(DisconnectReason::<Bitcoin>::Io(io_error())),
+            Box::new(DisconnectReason::<Bitcoin>::Codec(payload_error())),
+            Box::new(DisconnectReason::<Bitcoin>::Protocol(SessionError::DuplicateVersion)),
+            Box::new(SendError::Encode(payload_error())),
+            Box::new(BroadcastError::Connect(ConnectError::Io(io_error()))),
+            Box::new(BroadcastError::Handshake(DisconnectReason::Codec(payload_error()))),
+            Box::new(BroadcastError::Disconnected { stage: Stage::Sent, reason: DisconnectReason::Io(io_error()) }),
+        ]
+    }
+
+    /// The `Display` of each level of the chain, outermost first.
+    fn levels(error: &(dyn Error + 'static)) -> Vec<String> {
+        let mut levels = vec![error.to_string()];
+        let mut next = error.source();
+        while let Some(cause) = next {
+            levels.push(cause.to_string());
+            next = cause.source();
+        }
+        levels
+    }
+
+    #[test]
+    fn no_error_repeats_its_source_in_its_display() {
+        for error in errors_with_sources() {
+            let levels = levels(error.as_ref());
+            assert!(levels.len() >= 2, "{error:?} should have a source");
+            for (i, outer) in levels.iter().enumerate() {
+                for inner in &levels[i + 1..] {
+                    assert!(!outer.contains(inner.as_str()), "{outer:?} repeats its source {inner:?} ({error:?})");
+                }
+            }
+            assert_eq!(Report(error.as_ref()).to_string(), levels.join(": "));
+        }
+    }
+
+    #[test]
+    fn report_prints_the_whole_chain() {
+        let error = BroadcastError::Handshake(DisconnectReason::Io(io_error()));
+        assert_eq!(error.to_string(), "connection ended during the handshake");
+        assert_eq!(
+            Report(&error).to_string(),
+            "connection ended during the handshake: socket error: connection refused"
+        );
+    }
+}

@@ -136,7 +136,7 @@ pub enum ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::Io(_) => f.write_str("connection refused or failed"),
+            ConnectError::Io(_) => f.write_str("connect failed"),
             ConnectError::Timeout(d) => write!(f, "connect timed out after {} ms", d.as_millis()),
             ConnectError::Cancelled => f.write_str("connection attempt cancelled"),
         }

@@ -107,7 +107,7 @@ pub use stack::{Bitcoin, Framed, LinkInfo, Stack};
 pub fn start(config: Config) -> Result<Handle, StartError> {
     let factory = wire::BitcoinFactory::new(config.magic, config.transport, config.max_message_len);
     let mode = config.mode;
-    let session = config.session.clone();
+    let session = config.session_config();
     let seed = rng::Rng::from_os().u64();
     reactor::spawn(config, factory, move |shared| protocol::Bitcoin::new(mode, session, shared.clone(), seed))
 }

@@ -201,13 +201,11 @@ impl Protocol for Bitcoin {
             }
             return Ok(Some(message));
         }
-        let nonces = &self.local_nonces;
-        let is_local = |n: u64| nonces.contains(&n);
         let ctx = Context {
             config: &self.config,
             start_height: self.shared.start_height.load(Ordering::Relaxed),
             unix_time: unix_time(),
-            is_local_nonce: &is_local,
+            local_nonces: &self.local_nonces,
         };
         match conn.session.on_message(message, now, &ctx, out)? {
             Delivery::Deliver(m) => Ok(Some(m)),

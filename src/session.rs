@@ -19,15 +19,16 @@
 //! [`SessionConfig::ping_interval`] and the peer is dropped if its pong takes
 //! longer than [`SessionConfig::ping_timeout`].
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message::{CommandString, NetworkMessage};
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
 
-use crate::event::Direction;
+use crate::types::{Direction, later};
 
 /// Protocol version we announce: 70016 (BIP339 `wtxidrelay`).
 pub const PROTOCOL_VERSION: u32 = 70016;
@@ -69,7 +70,9 @@ pub enum Mode {
 pub struct SessionConfig {
     /// Protocol version we announce. Default 70016.
     pub protocol_version: u32,
-    /// Services we announce. Default none.
+    /// Services we announce. Default none. The reactor adds `NODE_P2P_V2`
+    /// when [`Config::transport`](crate::Config::transport) accepts v2 (see
+    /// [`Config::local_services`](crate::Config::local_services)).
     pub services: ServiceFlags,
     /// Application name for the BIP14 user agent (`/peerlink:V/NAME:VERSION/`).
     pub user_agent_name: Option<String>,
@@ -149,14 +152,14 @@ pub enum SessionError {
     /// A message other than `version` arrived first.
     MessageBeforeVersion {
         /// Its command.
-        command: String,
+        command: CommandString,
     },
     /// A second `version`.
     DuplicateVersion,
     /// `wtxidrelay` or `sendaddrv2` after `verack` (BIP339, BIP155).
     FeatureAfterVerack {
         /// Its command.
-        command: String,
+        command: CommandString,
     },
     /// The peer's protocol version is below the minimum.
     ObsoleteVersion {
@@ -389,8 +392,8 @@ impl Session {
         }
     }
 
-    /// Handles an incoming message. `is_local_nonce` tells whether a nonce
-    /// belongs to one of our own `version` messages (self-connection check).
+    /// Handles an incoming message. [`Context::local_nonces`] holds the nonces
+    /// of our own outbound `version` messages (self-connection check).
     pub fn on_message(
         &mut self,
         message: NetworkMessage,
@@ -413,7 +416,7 @@ impl Session {
                         announced: v.services,
                     });
                 }
-                if self.direction == Direction::Inbound && (ctx.is_local_nonce)(v.nonce) {
+                if self.direction == Direction::Inbound && ctx.local_nonces.contains(&v.nonce) {
                     return Err(SessionError::SelfConnection);
                 }
                 self.peer = Some(PeerVersion::from_message(v));
@@ -432,9 +435,9 @@ impl Session {
                 Ok(forward(message))
             }
             (NetworkMessage::Version(_), _) => Err(SessionError::DuplicateVersion),
-            (_, Stage::AwaitVersion) => {
-                Err(SessionError::MessageBeforeVersion { command: message.command().as_ref().to_owned() })
-            }
+            // `command()` borrows the static name of every known message;
+            // only an unknown message's own command is moved out.
+            (_, Stage::AwaitVersion) => Err(SessionError::MessageBeforeVersion { command: command_of(message) }),
             (NetworkMessage::WtxidRelay, Stage::AwaitVerack) => {
                 self.features.wtxid_relay = self.sent_wtxidrelay;
                 Ok(forward(message))
@@ -444,7 +447,7 @@ impl Session {
                 Ok(forward(message))
             }
             (NetworkMessage::WtxidRelay | NetworkMessage::SendAddrV2, Stage::Ready) => {
-                Err(SessionError::FeatureAfterVerack { command: message.command().as_ref().to_owned() })
+                Err(SessionError::FeatureAfterVerack { command: message.command() })
             }
             (NetworkMessage::Verack, Stage::AwaitVerack) => {
                 self.stage = Stage::Ready;
@@ -531,6 +534,15 @@ impl Session {
     }
 }
 
+/// The command of `message`, without allocating: known messages have a static
+/// name, and an unknown message gives up the command it owns.
+fn command_of(message: NetworkMessage) -> CommandString {
+    match message {
+        NetworkMessage::Unknown { command, .. } => command,
+        known => known.command(),
+    }
+}
+
 /// Length of `s` cut to [`MAX_SUBVERSION_LENGTH`] bytes at a character
 /// boundary (the limit counts bytes, not characters).
 fn cap_len(s: &str) -> usize {
@@ -550,13 +562,8 @@ pub(crate) fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `at + d`, saturating far in the future: a timeout of `Duration::MAX`
-/// means "never".
-pub(crate) fn later(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d).unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
 /// Context the session needs from its environment for one message.
+#[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     /// Session options.
     pub config: &'a SessionConfig,
@@ -564,14 +571,10 @@ pub struct Context<'a> {
     pub start_height: i32,
     /// Seconds since the Unix epoch, for our `version`.
     pub unix_time: i64,
-    /// Whether a nonce is one of our own outbound `version` nonces.
-    pub is_local_nonce: &'a dyn Fn(u64) -> bool,
-}
-
-impl fmt::Debug for Context<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Context").field("start_height", &self.start_height).field("unix_time", &self.unix_time).finish()
-    }
+    /// The nonces of our outbound `version` messages whose connections are
+    /// open: an inbound peer's `version` carrying one of them is ourselves
+    /// (Core's `CConnman::CheckIncomingNonce`).
+    pub local_nonces: &'a HashSet<u64>,
 }
 
 #[cfg(test)]

@@ -25,12 +25,11 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn never(_: u64) -> bool {
-    false
-}
+/// No nonce of ours is in use.
+static NO_NONCES: std::sync::LazyLock<HashSet<u64>> = std::sync::LazyLock::new(HashSet::new);
 
 fn ctx(cfg: &SessionConfig) -> Context<'_> {
-    Context { config: cfg, start_height: START_HEIGHT, unix_time: UNIX_TIME, is_local_nonce: &never }
+    Context { config: cfg, start_height: START_HEIGHT, unix_time: UNIX_TIME, local_nonces: &NO_NONCES }
 }
 
 fn peer_version_msg(version: u32, services: ServiceFlags, nonce: u64) -> VersionMessage {
@@ -359,8 +358,8 @@ fn inbound_version_not_from_ourselves_is_accepted() {
     let cfg = SessionConfig::default();
     let mut s = Session::new(Direction::Inbound, remote(), OUR_NONCE, t0, &cfg);
     let mut out = Vec::new();
-    let is_local = |n: u64| n == OUR_NONCE;
-    let c = Context { config: &cfg, start_height: 1, unix_time: UNIX_TIME, is_local_nonce: &is_local };
+    let ours = HashSet::from([OUR_NONCE]);
+    let c = Context { config: &cfg, start_height: 1, unix_time: UNIX_TIME, local_nonces: &ours };
     assert!(s.on_message(peer_version(70016), t0, &c, &mut out).is_ok());
 }
 
@@ -445,10 +444,24 @@ fn message_before_version() {
             let mut out = Vec::new();
             s.start(&cfg, START_HEIGHT, UNIX_TIME, &mut out);
             let err = expect_err(&mut s, m, &cfg);
-            assert_eq!(err, SessionError::MessageBeforeVersion { command: cmd.to_owned() }, "{dir:?}");
+            assert_eq!(
+                err,
+                SessionError::MessageBeforeVersion { command: CommandString::try_from_static(cmd).unwrap() },
+                "{dir:?}"
+            );
             assert_eq!(err.to_string(), format!("{cmd} received before version"));
         }
     }
+}
+
+#[test]
+fn unknown_message_before_version_names_its_own_command() {
+    let cfg = SessionConfig::default();
+    let mut s = Session::new(Direction::Inbound, remote(), OUR_NONCE, Instant::now(), &cfg);
+    let command = CommandString::try_from("xyzzy").unwrap();
+    let err = expect_err(&mut s, NetworkMessage::Unknown { command: command.clone(), payload: vec![1] }, &cfg);
+    assert_eq!(err, SessionError::MessageBeforeVersion { command });
+    assert_eq!(err.to_string(), "xyzzy received before version");
 }
 
 #[test]
@@ -487,11 +500,14 @@ fn features_after_verack() {
     let (mut s, _) = ready_outbound(&cfg, t0);
     assert_eq!(
         expect_err(&mut s, NetworkMessage::WtxidRelay, &cfg),
-        SessionError::FeatureAfterVerack { command: "wtxidrelay".to_owned() }
+        SessionError::FeatureAfterVerack { command: CommandString::try_from_static("wtxidrelay").unwrap() }
     );
     let (mut s, _) = ready_outbound(&cfg, t0);
     let err = expect_err(&mut s, NetworkMessage::SendAddrV2, &cfg);
-    assert_eq!(err, SessionError::FeatureAfterVerack { command: "sendaddrv2".to_owned() });
+    assert_eq!(
+        err,
+        SessionError::FeatureAfterVerack { command: CommandString::try_from_static("sendaddrv2").unwrap() }
+    );
     assert_eq!(err.to_string(), "sendaddrv2 received after verack");
 }
 
@@ -572,8 +588,8 @@ fn inbound_self_connection() {
     let t0 = Instant::now();
     let cfg = SessionConfig::default();
     let mut s = Session::new(Direction::Inbound, remote(), 1, t0, &cfg);
-    let is_local = |n: u64| n == PEER_NONCE;
-    let c = Context { config: &cfg, start_height: START_HEIGHT, unix_time: UNIX_TIME, is_local_nonce: &is_local };
+    let ours = HashSet::from([PEER_NONCE]);
+    let c = Context { config: &cfg, start_height: START_HEIGHT, unix_time: UNIX_TIME, local_nonces: &ours };
     let mut out = Vec::new();
     let err = s.on_message(peer_version(70016), t0, &c, &mut out).unwrap_err();
     assert_eq!(err, SessionError::SelfConnection);
@@ -586,15 +602,12 @@ fn outbound_does_not_check_self_connection() {
     let t0 = Instant::now();
     let cfg = SessionConfig::default();
     let mut s = Session::new(Direction::Outbound, remote(), PEER_NONCE, t0, &cfg);
-    let checked = std::cell::Cell::new(false);
-    let is_local = |_: u64| {
-        checked.set(true);
-        true
-    };
-    let c = Context { config: &cfg, start_height: START_HEIGHT, unix_time: UNIX_TIME, is_local_nonce: &is_local };
+    // The peer's nonce is one of ours: an outbound session still accepts it
+    // (the check is made on the inbound side of a self-connection).
+    let ours = HashSet::from([PEER_NONCE]);
+    let c = Context { config: &cfg, start_height: START_HEIGHT, unix_time: UNIX_TIME, local_nonces: &ours };
     let mut out = Vec::new();
     assert_eq!(s.on_message(peer_version(70016), t0, &c, &mut out), Ok(Delivery::Consumed));
-    assert!(!checked.get(), "outbound sessions must not consult is_local_nonce");
     assert_eq!(commands(&out), ["wtxidrelay", "sendaddrv2", "verack"]);
 }
 

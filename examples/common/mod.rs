@@ -4,10 +4,17 @@
 
 use bitcoin::p2p::ServiceFlags;
 
-/// Parses `--network NAME` values.
+/// Parses `--network NAME`: Bitcoin Core's `-chain` names (`main`, `test`,
+/// `testnet4`, `signet`, `regtest`, via rust-bitcoin's `Network::from_core_arg`),
+/// plus the aliases `mainnet`, `bitcoin`, `testnet` and `testnet3`.
 pub fn network(name: &str) -> Result<bitcoin::Network, String> {
-    peerlink::config::parse_network(name)
-        .ok_or_else(|| format!("unknown network {name:?} (expected main, test, testnet4, signet or regtest)"))
+    let core_name = match name {
+        "mainnet" | "bitcoin" => "main",
+        "testnet" | "testnet3" => "test",
+        other => other,
+    };
+    bitcoin::Network::from_core_arg(core_name)
+        .map_err(|_| format!("unknown network {name:?} (expected main, test, testnet4, signet or regtest)"))
 }
 
 /// Service flags by name, as Bitcoin Core prints them.
@@ -57,20 +64,4 @@ pub fn describe_transport(t: peerlink::codec::Transport) -> String {
 /// Takes the value after a flag.
 pub fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
     args.next().ok_or_else(|| format!("{flag} needs a value"))
-}
-
-/// An error and its sources, joined with `": "`, for a one-line report. A
-/// source whose text its parent already ends with is not repeated.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
 }

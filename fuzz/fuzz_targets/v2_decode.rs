@@ -188,6 +188,7 @@ fn receive(receiver: &mut V2Codec, stream: &[u8], rng: &mut Rng, expect: Expect,
             Some(
                 WireError::V2Auth
                 | WireError::V2Handshake(_)
+                | WireError::V2MessageType { .. }
                 | WireError::V2Oversize { .. }
                 | WireError::BadMagic { .. },
             ) => {
@@ -217,8 +218,8 @@ struct Pair {
 
 impl Pair {
     fn new(like: &V2Codec) -> Pair {
-        let mut a = like.clone();
-        let mut b = like.clone();
+        let mut a = like.fresh();
+        let mut b = like.fresh();
         let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
         a.start(&Start::new(true, [0x21; 32]), &mut to_b).expect("start");
         b.start(&Start::new(false, [0x22; 32]), &mut to_a).expect("start");

@@ -15,7 +15,7 @@ pub mod v1;
 pub mod v2;
 
 pub use v1::V1Codec;
-pub use v2::V2Codec;
+pub use v2::{V2Codec, V2HandshakeError};
 
 use crate::codec::{Codec, Decoded, Ended, Factory, Start, Transport};
 use crate::types::Direction;
@@ -35,6 +35,13 @@ pub enum TransportPolicy {
     V1Only,
 }
 
+impl TransportPolicy {
+    /// Whether BIP324 v2 connections are made or accepted under this policy.
+    pub fn accepts_v2(self) -> bool {
+        self != TransportPolicy::V1Only
+    }
+}
+
 impl std::fmt::Display for TransportPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -45,7 +52,7 @@ impl std::fmt::Display for TransportPolicy {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Inner {
     V1(V1Codec),
     /// Boxed: v2 state is large and v1 connections should not pay for it.
@@ -55,7 +62,12 @@ enum Inner {
 /// The built-in Bitcoin codec: v1 or BIP324 v2 according to a
 /// [`TransportPolicy`], with Core's v1 fallback. Users see the same
 /// [`NetworkMessage`] values either way.
-#[derive(Debug, Clone)]
+///
+/// Cloning is [`fresh`](BitcoinCodec::fresh): the clone has the same
+/// settings and starts a new connection; a started connection's state is
+/// never copied (see [`V2Codec`]'s `Clone`). The reactor clones one
+/// unstarted prototype per connection.
+#[derive(Debug)]
 pub struct BitcoinCodec {
     policy: TransportPolicy,
     inner: Inner,
@@ -78,6 +90,17 @@ impl BitcoinCodec {
     /// The policy this codec follows.
     pub fn policy(&self) -> TransportPolicy {
         self.policy
+    }
+
+    /// A codec with the same settings (network, policy, payload limit) in
+    /// its initial state, for a new connection. A fallback codec gives a v1
+    /// codec again.
+    pub fn fresh(&self) -> BitcoinCodec {
+        let inner = match &self.inner {
+            Inner::V1(c) => Inner::V1(c.fresh()),
+            Inner::V2(c) => Inner::V2(Box::new(c.fresh())),
+        };
+        BitcoinCodec { policy: self.policy, inner }
     }
 
     /// Core's `ShouldReconnectV1` (src/net.cpp), for an outbound connection
@@ -155,7 +178,7 @@ impl Factory for BitcoinFactory {
     type Codec = BitcoinCodec;
 
     fn make(&mut self, direction: Direction, remote: std::net::SocketAddr) -> BitcoinCodec {
-        let fresh = self.prototype.clone();
+        let fresh = self.prototype.fresh();
         if direction == Direction::Outbound && self.v1_peers.contains(&remote) {
             return fresh.v1_variant().unwrap_or(fresh);
         }
@@ -321,7 +344,13 @@ pub enum WireError {
         max: usize,
     },
     /// BIP324: the handshake went wrong.
-    V2Handshake(&'static str),
+    V2Handshake(V2HandshakeError),
+    /// BIP324: a packet's contents do not start with a complete message type
+    /// (one short id, or a zero byte and a 12-byte command).
+    V2MessageType {
+        /// Length of the packet's contents in bytes.
+        contents_len: usize,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -352,7 +381,10 @@ impl fmt::Display for WireError {
             WireError::V2Oversize { length, max } => {
                 write!(f, "v2 packet of {length} content bytes exceeds the limit of {max}")
             }
-            WireError::V2Handshake(why) => write!(f, "v2 handshake failed: {why}"),
+            WireError::V2Handshake(_) => f.write_str("v2 handshake failed"),
+            WireError::V2MessageType { contents_len } => {
+                write!(f, "v2 packet of {contents_len} content bytes lacks a complete message type")
+            }
         }
     }
 }
@@ -361,6 +393,7 @@ impl std::error::Error for WireError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             WireError::Payload { source, .. } => Some(source),
+            WireError::V2Handshake(e) => Some(e),
             _ => None,
         }
     }

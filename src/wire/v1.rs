@@ -103,6 +103,13 @@ impl V1Codec {
         V1Codec { magic: network.into(), max_len: MAX_PROTOCOL_MESSAGE_LENGTH, pending: None }
     }
 
+    /// A codec with the same settings in its initial state, for a new
+    /// connection. (`clone` copies the state too: a header whose payload is
+    /// still arriving.)
+    pub fn fresh(&self) -> V1Codec {
+        V1Codec { pending: None, ..self.clone() }
+    }
+
     /// Sets the largest accepted (and sent) payload length in bytes.
     pub fn with_max_payload(mut self, max_len: u32) -> Self {
         self.max_len = max_len;

@@ -239,7 +239,7 @@ fn cbf_client_refuses_peer_without_compact_filters() {
                 // request before `version` would have been.
                 assert!(
                     matches!(reason, DisconnectReason::PeerClosed | DisconnectReason::Io(_)),
-                    "listener saw {reason}"
+                    "listener saw {reason:?}"
                 );
                 break;
             }

@@ -74,7 +74,7 @@ pub fn connected(handle: &Handle) -> PeerId {
 pub fn message(handle: &Handle) -> (PeerId, NetworkMessage) {
     wait_for(handle, |e| match e {
         Event::Message { peer, message, .. } => Some((peer, message)),
-        Event::Disconnected { peer, reason } => panic!("peer {peer} disconnected: {reason}"),
+        Event::Disconnected { peer, reason } => panic!("peer {peer} disconnected: {reason:?}"),
         _ => None,
     })
 }

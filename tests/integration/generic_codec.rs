@@ -86,5 +86,5 @@ fn length_prefixed_codec_runs_on_the_reactor() {
         Event::Disconnected { reason, .. } => Some(reason),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::Codec(TooLong(n)) if n == u32::MAX as usize), "{reason}");
+    assert!(matches!(reason, DisconnectReason::Codec(TooLong(n)) if n == u32::MAX as usize), "{reason:?}");
 }

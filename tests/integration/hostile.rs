@@ -72,20 +72,20 @@ pub fn hostile(bytes: Vec<u8>) -> WireError {
 #[test]
 fn wrong_magic() {
     let e = hostile(frame([0xf9, 0xbe, 0xb4, 0xd9], &cmd("ping"), &7u64.to_le_bytes()));
-    assert!(matches!(e, WireError::BadMagic { .. }), "{e}");
+    assert!(matches!(e, WireError::BadMagic { .. }), "{e:?}");
     assert!(e.to_string().contains("magic"));
 }
 
 #[test]
 fn non_printable_command() {
     let e = hostile(frame(REGTEST, b"pi\x01g\0\0\0\0\0\0\0\0", &7u64.to_le_bytes()));
-    assert!(matches!(e, WireError::BadCommand { .. }), "{e}");
+    assert!(matches!(e, WireError::BadCommand { .. }), "{e:?}");
 }
 
 #[test]
 fn bytes_after_command_nul() {
     let e = hostile(frame(REGTEST, b"ping\0x\0\0\0\0\0\0", &7u64.to_le_bytes()));
-    assert!(matches!(e, WireError::BadCommand { .. }), "{e}");
+    assert!(matches!(e, WireError::BadCommand { .. }), "{e:?}");
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn oversize_length_is_refused_at_the_header() {
     let mut header = frame(REGTEST, &cmd("block"), &[]);
     header[16..20].copy_from_slice(&4_000_001u32.to_le_bytes());
     let e = hostile(header);
-    assert!(matches!(e, WireError::Oversize { length: 4_000_001, max: 4_000_000, .. }), "{e}");
+    assert!(matches!(e, WireError::Oversize { length: 4_000_001, max: 4_000_000, .. }), "{e:?}");
 }
 
 #[test]
@@ -102,18 +102,18 @@ fn bad_checksum() {
     let mut f = frame(REGTEST, &cmd("ping"), &7u64.to_le_bytes());
     f[20] ^= 0xff;
     let e = hostile(f);
-    assert!(matches!(e, WireError::BadChecksum { .. }), "{e}");
+    assert!(matches!(e, WireError::BadChecksum { .. }), "{e:?}");
 }
 
 #[test]
 fn undecodable_payload() {
     // A `tx` that ends in the middle of its first input.
     let e = hostile(frame(REGTEST, &cmd("tx"), &[2, 0, 0, 0, 1, 0xaa, 0xbb]));
-    assert!(matches!(e, WireError::Payload { .. }), "{e}");
+    assert!(matches!(e, WireError::Payload { .. }), "{e:?}");
 }
 
 #[test]
 fn trailing_bytes() {
     let e = hostile(frame(REGTEST, &cmd("ping"), &[1, 2, 3, 4, 5, 6, 7, 8, 9]));
-    assert!(matches!(e, WireError::TrailingBytes { extra: 1, .. }), "{e}");
+    assert!(matches!(e, WireError::TrailingBytes { extra: 1, .. }), "{e:?}");
 }

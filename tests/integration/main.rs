@@ -5,6 +5,9 @@
 mod asynchronous;
 mod cbf;
 mod common;
+mod example_args;
+#[path = "../../examples/common/mod.rs"]
+mod example_common;
 mod examples;
 #[path = "../support/filter_server.rs"]
 mod filter_server;

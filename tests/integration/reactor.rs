@@ -78,7 +78,7 @@ fn message_of_3_9_mb_arrives_intact() {
     client.send(c, NetworkMessage::Tx(tx.clone())).unwrap();
     let (got, wire) = wait_for(&server, |e| match e {
         Event::Message { message: NetworkMessage::Tx(t), wire_size, .. } => Some((t, wire_size)),
-        Event::Disconnected { reason, .. } => panic!("disconnected: {reason}"),
+        Event::Disconnected { reason, .. } => panic!("disconnected: {reason:?}"),
         _ => None,
     });
     assert_eq!(wire, size + 24);
@@ -137,7 +137,7 @@ fn connect_to_closed_port_fails_with_io_error() {
         Event::ConnectFailed { peer, addr, error } => {
             assert_eq!(peer, id);
             assert_eq!(addr, closed);
-            assert!(matches!(error, ConnectError::Io(_)), "{error}");
+            assert!(matches!(error, ConnectError::Io(_)), "{error:?}");
             Some(())
         }
         Event::Connected { .. } => panic!("connected to a closed port"),
@@ -186,7 +186,7 @@ fn peer_close_is_reported() {
     wait_for(&server, |e| match e {
         Event::Disconnected { peer, reason } => {
             assert_eq!(peer, s);
-            assert!(matches!(reason, DisconnectReason::PeerClosed | DisconnectReason::Io(_)), "{reason}");
+            assert!(matches!(reason, DisconnectReason::PeerClosed | DisconnectReason::Io(_)), "{reason:?}");
             Some(())
         }
         _ => None,
@@ -212,13 +212,13 @@ fn disconnect_after_flush_delivers_everything_then_closes() {
     assert!(bytes == expected);
     wait_for(&server, |e| match e {
         Event::SendRejected { message: NetworkMessage::Ping(2), reason, .. } => {
-            assert!(matches!(reason, SendError::Closing | SendError::UnknownPeer), "{reason}");
+            assert!(matches!(reason, SendError::Closing | SendError::UnknownPeer), "{reason:?}");
             rejected = true;
             None
         }
         Event::Disconnected { peer, reason } => {
             assert_eq!(peer, id);
-            assert!(matches!(reason, DisconnectReason::Flushed), "{reason}");
+            assert!(matches!(reason, DisconnectReason::Flushed), "{reason:?}");
             Some(())
         }
         _ => None,

@@ -47,7 +47,7 @@ fn bug1_disconnect_with_pending_readiness_does_not_panic() {
                 }
             }
             Event::Disconnected { peer, reason } => {
-                assert!(matches!(reason, DisconnectReason::Requested), "{reason}");
+                assert!(matches!(reason, DisconnectReason::Requested), "{reason:?}");
                 assert!(gone.insert(peer), "disconnected twice");
             }
             Event::SendRejected { peer, .. } => assert!(asked.contains(&peer)),
@@ -150,7 +150,7 @@ fn bug3_oversize_frame_disconnects() {
     let mut header = frame(REGTEST, &cmd("tx"), &[]);
     header[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
     let e = hostile(header);
-    assert!(matches!(e, WireError::Oversize { length: u32::MAX, .. }), "{e}");
+    assert!(matches!(e, WireError::Oversize { length: u32::MAX, .. }), "{e:?}");
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn bug4_shutdown_joins_and_ends_event_stream() {
 fn bug5_wrong_magic_disconnects() {
     let mainnet_ping = encode(bitcoin::Network::Bitcoin, &NetworkMessage::Ping(3));
     let e = hostile(mainnet_ping);
-    assert!(matches!(e, WireError::BadMagic { .. }), "{e}");
+    assert!(matches!(e, WireError::BadMagic { .. }), "{e:?}");
 }
 
 /// §5.8: the address bound for port 0 was not discoverable.
@@ -296,7 +296,7 @@ fn our_ping_to_a_quiet_peer_is_not_a_stall() {
     let until = std::time::Instant::now() + Duration::from_millis(2500);
     while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
         if let Ok(Event::Disconnected { reason, .. }) = server.recv_timeout(left) {
-            panic!("healthy peer dropped: {reason}");
+            panic!("healthy peer dropped: {reason:?}");
         }
     }
     let stats = server.peer_stats(peer).unwrap().expect("still connected");

@@ -8,7 +8,7 @@ use bitcoin::p2p::ServiceFlags;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::message_network::{Reject, RejectReason};
-use peerlink::broadcast::{BroadcastError, Stage};
+use peerlink::broadcast::{BroadcastError, DeliveryKind, Stage};
 use peerlink::{Config, Direction, DisconnectReason, Event, Handle, PeerId, PeerInfo, SessionError};
 
 use crate::common::*;
@@ -31,11 +31,41 @@ fn ready(handle: &Handle) -> (PeerId, PeerInfo) {
     wait_for(handle, |e| match e {
         Event::Ready { peer, info } => Some((peer, *info)),
         Event::Connected { .. } => panic!("session mode announces peers with Ready only"),
-        Event::Disconnected { reason, .. } => panic!("disconnected before ready: {reason}"),
-        Event::ConnectFailed { error, .. } => panic!("connect failed: {error}"),
+        Event::Disconnected { reason, .. } => panic!("disconnected before ready: {reason:?}"),
+        Event::ConnectFailed { error, .. } => panic!("connect failed: {error:?}"),
         Event::Message { message, .. } => panic!("message before ready: {message:?}"),
         _ => None,
     })
+}
+
+/// Core tries v2 only with peers that advertise NODE_P2P_V2: a reactor that
+/// accepts v2 announces it, in both directions, and one that does not, does not.
+#[test]
+fn p2p_v2_is_advertised_whenever_v2_is_accepted() {
+    use peerlink::wire::TransportPolicy::{V1Only, V2Preferred};
+    for (server_policy, client_policy) in [(V2Preferred, V1Only), (V1Only, V2Preferred), (V2Preferred, V2Preferred)] {
+        let mut server_config = session_config();
+        server_config.transport = server_policy;
+        server_config.session.services = ServiceFlags::WITNESS;
+        let (server, addr) = session_listener(server_config);
+        let mut client_config = session_config();
+        client_config.transport = client_policy;
+        let client = peerlink::start(client_config).unwrap();
+        client.connect(addr).unwrap();
+        let (_, client_view) = ready(&client);
+        // A v1-only server refuses the client's first (v2) attempt; the
+        // client then retries as v1 on a new connection.
+        let server_view = wait_for(&server, |e| match e {
+            Event::Ready { info, .. } => Some(*info),
+            _ => None,
+        });
+        let server_services = client_view.version.unwrap().services;
+        let client_services = server_view.version.unwrap().services;
+        let case = format!("server {server_policy}, client {client_policy}");
+        assert_eq!(server_services.has(ServiceFlags::P2P_V2), server_policy.accepts_v2(), "{case}");
+        assert!(server_services.has(ServiceFlags::WITNESS), "{case}: configured services are kept");
+        assert_eq!(client_services.has(ServiceFlags::P2P_V2), client_policy.accepts_v2(), "{case}");
+    }
 }
 
 #[test]
@@ -149,7 +179,7 @@ fn message_before_version_disconnects() {
         _ => None,
     });
     assert!(
-        matches!(&reason, DisconnectReason::Protocol(SessionError::MessageBeforeVersion { command }) if command == "ping"),
+        matches!(&reason, DisconnectReason::Protocol(SessionError::MessageBeforeVersion { command }) if command.as_ref() == "ping"),
         "{reason}"
     );
 }
@@ -213,6 +243,22 @@ fn tx_node(behaviour: &'static str) -> (SocketAddr, std::thread::JoinHandle<Opti
 use bitcoin::hashes::Hash as _;
 
 #[test]
+fn broadcast_to_a_silent_peer_times_out_in_the_handshake() {
+    // The kernel completes TCP connections to a listener that never accepts
+    // them: we connect and write our handshake, and nothing comes back.
+    let silent = std::net::TcpListener::bind(localhost()).unwrap();
+    let targets = [silent.local_addr().unwrap()];
+    let outcomes =
+        peerlink::broadcast::broadcast(session_config(), &big_tx(10), &targets, Duration::from_millis(500)).unwrap();
+    assert!(
+        matches!(outcomes[0].result, Err(BroadcastError::Timeout { stage: Stage::Handshake })),
+        "{:?}",
+        outcomes[0].result
+    );
+    drop(silent);
+}
+
+#[test]
 fn broadcast_delivers_and_reports_each_peer() {
     let tx = big_tx(300);
     let (fetching, fetched) = tx_node("fetch");
@@ -220,19 +266,24 @@ fn broadcast_delivers_and_reports_each_peer() {
     let (rejecting, _) = tx_node("reject");
     let closed = std::net::TcpListener::bind(localhost()).unwrap().local_addr().unwrap();
     let targets = [fetching, ignoring, rejecting, closed];
-    let outcomes =
-        peerlink::broadcast::broadcast(session_config(), &tx, &targets, Duration::from_millis(1500)).unwrap();
+    // The ignoring peer answers pings, so it is concluded within Core's
+    // request delays, long before this deadline.
+    let started = std::time::Instant::now();
+    let outcomes = peerlink::broadcast::broadcast(session_config(), &tx, &targets, WAIT).unwrap();
+    assert!(started.elapsed() < WAIT, "every peer concluded before the deadline");
     assert_eq!(outcomes.len(), 4);
     for (o, addr) in outcomes.iter().zip(targets) {
         assert_eq!(o.addr, addr, "outcomes keep the order of the targets");
     }
     let delivered = outcomes[0].result.as_ref().expect("fetching peer got it");
+    assert_eq!(delivered.kind, DeliveryKind::Sent);
     assert!(delivered.by_wtxid, "peerlink negotiates wtxidrelay, so the inv is by wtxid");
-    assert!(matches!(outcomes[1].result, Err(BroadcastError::NeverRequested)), "{:?}", outcomes[1].result);
+    let not_requested = outcomes[1].result.as_ref().expect("a peer that does not ask is not a failure");
+    assert_eq!(not_requested.kind, DeliveryKind::NotRequested);
+    assert!(not_requested.elapsed >= peerlink::broadcast::request_delay(true), "{:?}", not_requested.elapsed);
     assert!(
         matches!(&outcomes[2].result, Err(BroadcastError::Rejected { reason, .. }) if reason == "txn-already-known")
     );
     assert!(matches!(outcomes[3].result, Err(BroadcastError::Connect(_))), "{:?}", outcomes[3].result);
     assert_eq!(fetched.join().unwrap(), Some(tx), "the node received the transaction itself");
-    let _ = Stage::Sent;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bitcoin::p2p::message::NetworkMessage;
 use peerlink::codec::Transport;
-use peerlink::wire::{TransportPolicy, WireError};
+use peerlink::wire::{TransportPolicy, V2HandshakeError, WireError};
 use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError};
 
 use crate::common::*;
@@ -119,7 +119,7 @@ fn session_mode_v2_and_v1_peers_on_one_listener() {
         let c = client.connect(addr).unwrap();
         let info = wait_for(&client, |e| match e {
             Event::Ready { info, .. } => Some(info),
-            Event::Disconnected { reason, .. } => panic!("{policy:?}: {reason}"),
+            Event::Disconnected { reason, .. } => panic!("{policy:?}: {reason:?}"),
             _ => None,
         });
         let sinfo = wait_for(&server, |e| match e {
@@ -152,7 +152,7 @@ fn v2_only_does_not_fall_back() {
         Event::Connected { .. } => panic!("a v2-only client connected to a v1-only peer"),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::PeerClosed | DisconnectReason::Io(_)), "{reason}");
+    assert!(matches!(reason, DisconnectReason::PeerClosed | DisconnectReason::Io(_)), "{reason:?}");
 }
 
 /// A peer that starts a v2 handshake and stops: the handshake timeout ends
@@ -194,7 +194,10 @@ fn v2_garbage_without_terminator_is_refused() {
         Event::Disconnected { reason, .. } => Some(reason),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::Codec(WireError::V2Handshake(_))), "{reason}");
+    assert!(
+        matches!(reason, DisconnectReason::Codec(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))),
+        "{reason:?}"
+    );
 }
 
 #[test]
@@ -208,7 +211,7 @@ fn wrong_network_v1_version_is_refused_during_detection() {
         Event::Disconnected { reason, .. } => Some(reason),
         _ => None,
     });
-    assert!(matches!(reason, DisconnectReason::Codec(WireError::BadMagic { .. })), "{reason}");
+    assert!(matches!(reason, DisconnectReason::Codec(WireError::BadMagic { .. })), "{reason:?}");
 }
 
 pub fn version_message_for_tests() -> bitcoin::p2p::message_network::VersionMessage {

@@ -115,12 +115,17 @@ fn check_session(info: &PeerInfo, theirs: &Value, our_services: ServiceFlags, tr
     }
 }
 
+/// A session config under `transport`.
+fn config_for(transport: TransportPolicy) -> peerlink::Config {
+    let mut config = config();
+    config.transport = transport;
+    config
+}
+
 /// We connect to Core with `transport` (V1Only or V2Only).
 fn outbound_session(transport: TransportPolicy) {
     let Some(core) = Bitcoind::start() else { return };
-    let mut config = config();
-    config.transport = transport;
-    let (handle, peer, info) = connect_ready_with(config, core.p2p);
+    let (handle, peer, info) = connect_ready_with(config_for(transport), core.p2p);
     assert_eq!(info.peer, peer);
     assert_eq!(info.direction, Direction::Outbound);
     assert_eq!(info.addr, core.p2p);
@@ -128,7 +133,7 @@ fn outbound_session(transport: TransportPolicy) {
     let theirs = core_peer(&core, ours);
     assert_eq!(theirs["inbound"], true, "{theirs:#}");
     assert_eq!(theirs["connection_type"], "inbound", "{theirs:#}");
-    check_session(&info, &theirs, ServiceFlags::NONE, transport);
+    check_session(&info, &theirs, config_for(transport).local_services(), transport);
     assert_eq!(handle.peer_info(peer).expect("reactor running").as_ref(), Some(&info));
 }
 
@@ -149,12 +154,12 @@ fn inbound_session(v2: bool) {
     let Some(core) = Bitcoind::start() else { return };
     let mut config = config();
     config.listen.push(SocketAddr::from(([127, 0, 0, 1], 0)));
-    // A v2 listener should announce NODE_P2P_V2 (service bit 11): Core's
-    // automatic outbound connections try v2 only with peers that do. (`addnode
-    // ... onetry true` tries v2 whatever we announce.) The default is
-    // `services=0` today.
-    let services = if v2 { ServiceFlags::P2P_V2 } else { ServiceFlags::NONE };
-    config.session.services = services;
+    // A listener that accepts v2 (the default policy) announces NODE_P2P_V2
+    // (service bit 11) by default, as Core does: Core's automatic outbound
+    // connections try v2 only with peers that do. (`addnode ... onetry true`
+    // tries v2 whatever we announce.)
+    let services = config.local_services();
+    assert!(services.has(ServiceFlags::P2P_V2));
     let handle = peerlink::start(config).expect("start listener");
     let ours = handle.local_addrs()[0];
     core.rpc("addnode", json!([ours.to_string(), "onetry", v2]));
@@ -200,10 +205,18 @@ fn broadcast_tx_example_reaches_mempool() {
     assert_eq!(lines.first().copied(), Some(format!("txid={txid} wtxid={wtxid}").as_str()), "{stdout}");
     let outcome = format!("peer={peer} result=delivered ua=\"/Satoshi:");
     assert!(lines.iter().any(|l| l.starts_with(&outcome) && l.contains(" announced_by=wtxid ")), "{stdout}");
-    assert_eq!(lines.last().copied(), Some("delivered=1/1"), "{stdout}");
+    assert_eq!(lines.last().copied(), Some("delivered=1 not_requested=0 failed=0"), "{stdout}");
 
     let pool = mempool(&core);
     assert_eq!(pool, vec![txid.clone()], "Core's mempool");
+
+    // Again, to a peer that has it: concluded within Core's request delays,
+    // as its own outcome, and not a failure.
+    let (ok, stdout, stderr) = run_example("broadcast_tx", &["--network", "regtest", "--peer", &peer, &hex]);
+    assert!(ok, "a second broadcast_tx failed:\n{stdout}\n{stderr}");
+    let again = format!("peer={peer} result=not-requested ");
+    assert!(stdout.lines().any(|l| l.starts_with(&again)), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("delivered=0 not_requested=1 failed=0"), "{stdout}");
     let entry = core.rpc("getmempoolentry", json!([txid]));
     assert_eq!(entry["wtxid"], wtxid, "{entry:#}");
     let fee = entry["fees"]["base"].as_f64().unwrap_or_else(|| panic!("no base fee: {entry:#}"));

@@ -245,7 +245,8 @@ fn broadcast_tx_reaches_mempool() {
     assert_eq!(outcomes.len(), 1);
     let outcome = &outcomes[0];
     assert_eq!(outcome.addr, bcoin.p2p);
-    let delivered = outcome.result.as_ref().unwrap_or_else(|e| panic!("broadcast to bcoin failed: {e}"));
+    let delivered = outcome.result.as_ref().unwrap_or_else(|e| panic!("broadcast to bcoin failed: {e:?}"));
+    assert_eq!(delivered.kind, peerlink::broadcast::DeliveryKind::Sent, "bcoin did not have it");
     assert!(delivered.user_agent.contains("bcoin"), "{delivered:?}");
     assert!(!delivered.by_wtxid, "bcoin has no wtxidrelay");
 
@@ -332,7 +333,7 @@ fn cbf_client_against_filters_from_real_bcoin_blocks() {
     let outcomes = peerlink::broadcast::broadcast(config(), &tx, &[bcoin.p2p], Duration::from_secs(30))
         .expect("start broadcast reactor");
     if let Err(e) = &outcomes[0].result {
-        panic!("broadcast to bcoin failed: {e}");
+        panic!("broadcast to bcoin failed: {e:?}");
     }
     assert!(mempool(&bcoin).contains(&txid.to_string()), "{txid} not in bcoin's mempool");
     let spent_in = mine(&bcoin, 1, &Wallet::fixed(9).address)[0];

@@ -137,6 +137,14 @@ pub struct FsChaCha20Poly1305 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthError;
 
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("packet failed authentication")
+    }
+}
+
+impl std::error::Error for AuthError {}
+
 impl FsChaCha20Poly1305 {
     /// An AEAD with `key`, at packet 0.
     pub fn new(key: [u8; 32]) -> Self {

@@ -23,7 +23,13 @@
 //! `chacha20-poly1305`, libsecp256k1's ElligatorSwift XDH), and is checked
 //! against the BIP's test vectors.
 
+// The cipher layer is an implementation detail; the fuzz targets (built by
+// cargo-fuzz, which sets `--cfg fuzzing`) drive it directly to build honest
+// streams, so it is public there only.
+#[cfg(fuzzing)]
 pub mod cipher;
+#[cfg(not(fuzzing))]
+pub(crate) mod cipher;
 
 use bitcoin::p2p::Magic;
 use bitcoin::p2p::message::NetworkMessage;
@@ -90,6 +96,39 @@ pub fn command_of(id: u8) -> Option<&'static str> {
     SHORT_IDS.get(usize::from(id).checked_sub(1)?).copied()
 }
 
+/// Why a BIP324 handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum V2HandshakeError {
+    /// The codec was used before [`Codec::start`] gave it its role and keys.
+    NotStarted,
+    /// A packet was to be sent or received before the session keys existed.
+    NoSessionKeys,
+    /// An inbound peer spoke v1, and v1 is not accepted
+    /// ([`TransportPolicy::V2Only`](super::TransportPolicy::V2Only)).
+    V1PeerRefused,
+    /// We initiated v2 and the peer answered with v1 bytes (our network's
+    /// magic); the connection can be retried as v1.
+    PeerAnsweredV1,
+    /// The peer sent [`MAX_GARBAGE_LEN`] bytes of garbage without the
+    /// garbage terminator.
+    NoGarbageTerminator,
+}
+
+impl std::fmt::Display for V2HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            V2HandshakeError::NotStarted => "codec used before it was started",
+            V2HandshakeError::NoSessionKeys => "no session keys yet",
+            V2HandshakeError::V1PeerRefused => "v1 peer refused: v2 transport required",
+            V2HandshakeError::PeerAnsweredV1 => "peer answered with v1 bytes",
+            V2HandshakeError::NoGarbageTerminator => "no garbage terminator within 4,095 bytes",
+        })
+    }
+}
+
+impl std::error::Error for V2HandshakeError {}
+
 /// Message type bytes at the start of a packet's contents: one short id, or
 /// a zero byte and the 12-byte command.
 const MAX_TYPE_LEN: usize = 13;
@@ -150,13 +189,6 @@ impl std::fmt::Debug for V2Codec {
     }
 }
 
-impl Clone for V2Codec {
-    /// A fresh codec with the same settings (connection state is not cloned).
-    fn clone(&self) -> Self {
-        V2Codec::new(self.magic).with_max_payload(self.max_payload).with_v1_inbound(self.allow_v1_inbound)
-    }
-}
-
 impl V2Codec {
     /// A codec for `network` with Core's default length limit. Inbound
     /// connections from v1 peers are accepted.
@@ -183,6 +215,13 @@ impl V2Codec {
     pub fn with_max_payload(mut self, max: u32) -> Self {
         self.max_payload = max;
         self
+    }
+
+    /// A codec with the same settings (network, payload limit, inbound v1)
+    /// in its initial state, for a new connection. Keys, nonces and buffers
+    /// of this one are not copied.
+    pub fn fresh(&self) -> V2Codec {
+        V2Codec::new(self.magic).with_max_payload(self.max_payload).with_v1_inbound(self.allow_v1_inbound)
     }
 
     /// Whether inbound v1 peers are accepted (default true).
@@ -261,7 +300,7 @@ impl V2Codec {
     /// Derives the keys from the peer's key, then sends our terminator, the
     /// version packet and any messages encoded before.
     fn complete_keys(&mut self, theirs: [u8; KEY_LEN], out: &mut Vec<u8>) -> Result<(), WireError> {
-        let local = self.local.take().ok_or(WireError::V2Handshake("key exchange already done"))?;
+        let local = self.local.take().ok_or(WireError::V2Handshake(V2HandshakeError::NotStarted))?;
         let theirs = ElligatorSwift::from_array(theirs);
         let secret = cipher::shared_secret(local.secret, local.ellswift, theirs, self.initiator);
         let keys = SessionKeys::derive(&secret, self.magic);
@@ -316,7 +355,7 @@ impl V2Codec {
         }
         if v1_so_far {
             if !self.allow_v1_inbound {
-                return Err(WireError::V2Handshake("v1 peer refused: v2 transport required"));
+                return Err(WireError::V2Handshake(V2HandshakeError::V1PeerRefused));
             }
             let mut v1 = V1Codec::new(self.magic).with_max_payload(self.max_payload);
             // Messages encoded while we did not know yet go out as v1 frames.
@@ -351,7 +390,7 @@ impl V2Codec {
 
     fn decode_packet_inner(&mut self, input: &[u8]) -> Result<Decoded<NetworkMessage>, WireError> {
         let max = self.max_contents();
-        let cipher = self.cipher.as_mut().ok_or(WireError::V2Handshake("no keys"))?;
+        let cipher = self.cipher.as_mut().ok_or(WireError::V2Handshake(V2HandshakeError::NoSessionKeys))?;
         // The length prefix is decrypted once (the length cipher moves per
         // packet) but consumed with the packet, so that a message's reported
         // size is its whole wire size.
@@ -421,7 +460,7 @@ impl Codec for V2Codec {
                     // A v1 node that speaks first (bcoin does; Core waits,
                     // and only tries v2 with peers advertising NODE_P2P_V2).
                     self.peer_is_v1 = true;
-                    return Err(WireError::V2Handshake("peer answered with v1 bytes"));
+                    return Err(WireError::V2Handshake(V2HandshakeError::PeerAnsweredV1));
                 }
                 let Some(key) = input.first_chunk::<KEY_LEN>() else {
                     return Ok(Decoded::NeedMore { frame_len: Some(KEY_LEN) });
@@ -438,7 +477,7 @@ impl Codec for V2Codec {
                         Ok(Decoded::Consumed(at + GARBAGE_TERMINATOR_LEN))
                     }
                     None if window.len() == MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN => {
-                        Err(WireError::V2Handshake("no garbage terminator within 4,095 bytes"))
+                        Err(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))
                     }
                     None => Ok(Decoded::NeedMore { frame_len: None }),
                 }
@@ -470,7 +509,7 @@ impl Codec for V2Codec {
             }
             _ => {}
         }
-        let cipher = self.cipher.as_mut().ok_or(WireError::V2Handshake("no keys"))?;
+        let cipher = self.cipher.as_mut().ok_or(WireError::V2Handshake(V2HandshakeError::NoSessionKeys))?;
         let start = PacketCipher::begin_packet(out);
         if let Err(e) = write_type(message, out) {
             out.truncate(start);
@@ -508,11 +547,11 @@ impl Codec for V2Codec {
 /// unassigned short id, which Core ignores.
 fn decode_contents(contents: &[u8]) -> Result<Option<NetworkMessage>, WireError> {
     let Some((&id, rest)) = contents.split_first() else {
-        return Err(WireError::V2Handshake("packet without a message type"));
+        return Err(WireError::V2MessageType { contents_len: 0 });
     };
     let (command, body) = if id == 0 {
         let Some((raw, body)) = rest.split_first_chunk::<12>() else {
-            return Err(WireError::V2Handshake("truncated message type"));
+            return Err(WireError::V2MessageType { contents_len: contents.len() });
         };
         (Command::from_wire(*raw)?, body)
     } else {

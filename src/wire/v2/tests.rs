@@ -25,7 +25,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::cipher::{self, FsChaCha20, GARBAGE_TERMINATOR_LEN, PACKET_OVERHEAD, PacketCipher, SessionKeys, TAG_LEN};
-use super::{KEY_LEN, MAX_GARBAGE_LEN, V2Codec, command_of, short_id};
+use super::{KEY_LEN, MAX_GARBAGE_LEN, V2Codec, V2HandshakeError, command_of, short_id};
 use crate::codec::{Codec, Decoded, Ended, Start, Transport};
 use crate::types::Direction;
 use crate::wire::v1::MAX_PROTOCOL_MESSAGE_LENGTH;
@@ -190,6 +190,21 @@ fn bip324_packet_encoding_vectors() {
         assert!(packet[4..packet.len() - TAG_LEN] == contents[..], "row {idx}: contents differ");
     }
     assert_eq!((full_ciphertexts, suffixes), (5, 2));
+}
+
+#[test]
+fn tampered_packet_fails_with_auth_error() {
+    let keys = SessionKeys::derive(&[7; 32], Magic::REGTEST);
+    let mut sender = PacketCipher::new(&keys, true);
+    let mut receiver = PacketCipher::new(&keys, false);
+    let mut packet = Vec::new();
+    sender.encrypt_packet(b"contents", &[], false, &mut packet);
+    assert_eq!(receiver.decrypt_length(packet[..3].try_into().unwrap()), 8);
+    packet[5] ^= 1;
+    let err = receiver.decrypt_packet(&[], &mut packet[3..]).expect_err("a flipped bit fails the tag");
+    assert_eq!(err, cipher::AuthError);
+    assert_eq!(err.to_string(), "packet failed authentication");
+    assert!(std::error::Error::source(&err).is_none());
 }
 
 /// The XSwiftECInv vectors: libsecp256k1 exposes no inverse with a chosen
@@ -663,7 +678,7 @@ fn rekeying_in_both_directions() {
 #[test]
 fn bitcoin_codec_v2_preferred_handshake() {
     let codec = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
-    let mut i = End::start(codec.clone(), true, 9);
+    let mut i = End::start(codec.fresh(), true, 9);
     let mut r = End::start(codec, false, 10);
     i.send(&NetworkMessage::Version(version_message()));
     exchange(&mut i, &mut r);
@@ -677,7 +692,7 @@ fn bitcoin_codec_v2_preferred_handshake() {
 #[test]
 fn v2_only_responder_completes_a_v2_handshake() {
     let codec = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Only, MAX_PROTOCOL_MESSAGE_LENGTH);
-    let mut i = End::start(codec.clone(), true, 14);
+    let mut i = End::start(codec.fresh(), true, 14);
     let mut r = End::start(codec, false, 15);
     i.send(&NetworkMessage::Verack);
     exchange(&mut i, &mut r);
@@ -695,8 +710,16 @@ fn networks_do_not_mix() {
     exchange(&mut i, &mut r);
     // Each side may give up on the other's garbage (more than 4,111 bytes
     // without its terminator), or keep waiting.
-    assert!(matches!(i.error, None | Some(WireError::V2Handshake(_))), "{:?}", i.error);
-    assert!(matches!(r.error, None | Some(WireError::V2Handshake(_))), "{:?}", r.error);
+    assert!(
+        matches!(i.error, None | Some(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))),
+        "{:?}",
+        i.error
+    );
+    assert!(
+        matches!(r.error, None | Some(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))),
+        "{:?}",
+        r.error
+    );
     assert!(r.messages.is_empty() && i.messages.is_empty());
     assert!(!i.codec.is_established() && !r.codec.is_established());
     assert_ne!(i.codec.session_id(), r.codec.session_id());
@@ -890,7 +913,28 @@ fn empty_application_packet_is_refused() {
     stream.extend(m.packet(&[], false));
     stream.extend(m.packet(&[], false));
     r.receive(&stream);
-    assert!(matches!(r.error, Some(WireError::V2Handshake(_))), "{:?}", r.error);
+    assert!(matches!(r.error, Some(WireError::V2MessageType { contents_len: 0 })), "{:?}", r.error);
+}
+
+#[test]
+fn truncated_long_message_type_is_refused() {
+    let mut r = End::start(regtest(), false, 23);
+    let mut m = Manual::connect(&mut r, Magic::REGTEST, Vec::new());
+    let mut stream = m.preamble();
+    stream.extend(m.packet(&[], false));
+    // A zero byte announces a 12-byte command; only 4 follow.
+    stream.extend(m.packet(b"\0ping", false));
+    r.receive(&stream);
+    assert!(matches!(r.error, Some(WireError::V2MessageType { contents_len: 5 })), "{:?}", r.error);
+    assert!(r.messages.is_empty());
+}
+
+#[test]
+fn handshake_errors_are_a_source_not_part_of_the_text() {
+    let e = WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator);
+    assert_eq!(e.to_string(), "v2 handshake failed");
+    let source = std::error::Error::source(&e).expect("the handshake error is the source");
+    assert_eq!(source.to_string(), "no garbage terminator within 4,095 bytes");
 }
 
 #[test]
@@ -944,7 +988,7 @@ fn garbage_of_4096_bytes_is_refused() {
     r.receive(&stream[..MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN - 1]);
     assert!(r.error.is_none());
     r.receive(&stream[MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN - 1..MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN]);
-    assert!(matches!(r.error, Some(WireError::V2Handshake(_))), "{:?}", r.error);
+    assert!(matches!(r.error, Some(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))), "{:?}", r.error);
 }
 
 #[test]
@@ -992,6 +1036,32 @@ fn established(seed: u8) -> (End<V2Codec>, End<V2Codec>) {
     exchange(&mut i, &mut r);
     assert!(r.codec.is_established() && i.codec.is_established());
     (i, r)
+}
+
+#[test]
+fn fresh_codec_from_a_started_one_has_no_state() {
+    let (i, _) = established(33);
+    let copy = i.codec.fresh();
+    assert!(!copy.is_established() && copy.session_id().is_none(), "no keys or state are copied");
+    // It has the same settings and runs a new session of its own.
+    let mut a = End::start(copy, true, 35);
+    let mut b = End::start(i.codec.fresh(), false, 36);
+    a.send(&NetworkMessage::Ping(5));
+    exchange(&mut a, &mut b);
+    assert_clean(&b);
+    assert_eq!(b.messages, [NetworkMessage::Ping(5)]);
+    assert!(a.codec.session_id().is_some());
+    assert_ne!(a.codec.session_id(), i.codec.session_id());
+}
+
+#[test]
+fn fresh_keeps_the_settings() {
+    let small = V2Codec::new(Network::Regtest).with_max_payload(1000).with_v1_inbound(false);
+    let fresh = small.fresh();
+    assert_eq!(fresh.max_frame_len(), small.max_frame_len());
+    let mut r = End::start(fresh, false, 37);
+    r.receive(&v1_frame(Network::Regtest, &NetworkMessage::Version(version_message())));
+    assert!(matches!(r.error, Some(WireError::V2Handshake(V2HandshakeError::V1PeerRefused))), "{:?}", r.error);
 }
 
 #[test]
@@ -1164,7 +1234,7 @@ fn v2_only_refuses_inbound_v1() {
     let codec = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Only, MAX_PROTOCOL_MESSAGE_LENGTH);
     let mut r = End::start(codec, false, 43);
     r.receive(&v1_frame(Network::Regtest, &NetworkMessage::Version(version_message())));
-    assert!(matches!(r.error, Some(WireError::V2Handshake(_))), "{:?}", r.error);
+    assert!(matches!(r.error, Some(WireError::V2Handshake(V2HandshakeError::V1PeerRefused))), "{:?}", r.error);
     assert!(r.outbox.is_empty());
 }
 
@@ -1229,6 +1299,31 @@ fn factory_remembers_v1_peers_and_bounds_its_cache() {
 }
 
 #[test]
+fn bitcoin_codec_fresh_starts_over_for_both_transports() {
+    let v2 = bitcoin_codec(TransportPolicy::V2Preferred);
+    let fallback = v2.fallback(&silent(&v2)).expect("v2-preferred falls back");
+    assert_eq!(fallback.fresh().policy(), TransportPolicy::V1Only, "a fresh fallback codec is v1 again");
+    // A v1 codec with a header whose payload is still arriving.
+    let frame = v1_frame(Network::Regtest, &NetworkMessage::Ping(3));
+    let mut v1 = bitcoin_codec(TransportPolicy::V1Only);
+    let mut out = Vec::new();
+    v1.start(&Start::new(true, [0; 32]), &mut out).unwrap();
+    assert!(matches!(v1.decode(&frame[..frame.len() - 1], &mut out), Ok(Decoded::NeedMore { .. })));
+    // A fresh one expects a header, not the rest of that payload.
+    let mut copy = v1.fresh();
+    let other = v1_frame(Network::Regtest, &NetworkMessage::Pong(4));
+    assert_eq!(
+        copy.decode(&other, &mut out).unwrap(),
+        Decoded::Message { message: NetworkMessage::Pong(4), consumed: other.len() }
+    );
+    // A fresh v2 codec has no keys.
+    let (i, _) = established(39);
+    let v2 = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
+    assert!(!v2.fresh().is_established());
+    assert!(i.codec.is_established() && !i.codec.fresh().is_established());
+}
+
+#[test]
 fn fallback_codec_keeps_the_payload_limit() {
     let codec = BitcoinCodec::new(Network::Regtest, TransportPolicy::V2Preferred, 1000);
     let mut fallback = codec.fallback(&silent(&codec)).unwrap();
@@ -1244,7 +1339,7 @@ fn needs_fallback_when_a_v1_node_speaks_first() {
     assert!(!i.codec.needs_fallback());
     let version = v1_frame(Network::Regtest, &NetworkMessage::Version(version_message()));
     i.receive(&version);
-    assert!(matches!(i.error, Some(WireError::V2Handshake(_))), "{:?}", i.error);
+    assert!(matches!(i.error, Some(WireError::V2Handshake(V2HandshakeError::PeerAnsweredV1))), "{:?}", i.error);
     assert!(i.codec.needs_fallback());
     // The fallback codec reads what the v1 node said.
     // Bytes were received, yet the codec's own finding makes it fall back.
@@ -1393,7 +1488,7 @@ proptest! {
         seed in any::<u8>(),
     ) {
         let codec = regtest().with_max_payload(max);
-        let mut split = End::start(codec.clone(), false, seed);
+        let mut split = End::start(codec.fresh(), false, seed);
         split.receive_split(&noise, &cuts);
         prop_assert!(split.max_asked <= split.codec.max_frame_len());
         prop_assert!(split.messages.is_empty() || split.codec.is_v1());
@@ -1437,7 +1532,7 @@ proptest! {
         prop_assert!(r.max_asked <= r.codec.max_frame_len());
         prop_assert!(r.messages.is_empty());
         if stage == 0 && noise.len() >= MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN {
-            prop_assert!(matches!(r.error, Some(WireError::V2Handshake(_))), "{:?}", r.error);
+            prop_assert!(matches!(r.error, Some(WireError::V2Handshake(V2HandshakeError::NoGarbageTerminator))), "{:?}", r.error);
         }
     }
 
