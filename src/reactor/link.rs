@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::codec::{Codec, Decoded, Ended, Factory, Start};
+use crate::error::Report;
 use crate::event::{ConnectError, DisconnectReason, Event, SendError};
 use crate::peer::PeerStats;
 use crate::protocol::{Info, Meta, Msg, Protocol};
@@ -794,7 +795,7 @@ where
             }
         }
         self.hand_back_held(cx);
-        log::debug!("peer {} ({} {}) disconnected: {}", self.id, self.direction, self.remote, reason);
+        log::debug!("peer {} ({} {}) disconnected: {}", self.id, self.direction, self.remote, Report(&reason));
         cx.events.emit(Event::Disconnected { peer: self.id, reason });
         Closed::Reported
     }

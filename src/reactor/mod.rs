@@ -298,7 +298,7 @@ where
                 self.insert(link, stream, true);
             }
             Err(e) => {
-                log::debug!("cannot start connection from {remote}: {e}");
+                log::debug!("cannot start connection from {remote}: {}", crate::error::Report(&e));
                 Counters::bump(&self.shared.stats.inbound_failed);
                 let _ = self.poll.registry().deregister(&mut stream);
                 self.shared.remove_gate(peer);
@@ -381,7 +381,7 @@ where
         let link = match registered {
             Ok(stream) => Link::new(peer, Direction::Outbound, addr, None, codec, gate, held, entropy, &mut cx)
                 .map(|link| (link, stream))
-                .map_err(|e| crate::event::ConnectError::Io(io::Error::other(format!("cannot start connection: {e}")))),
+                .map_err(|e| crate::event::ConnectError::Io(io::Error::other(e))),
             Err(e) => Err(crate::event::ConnectError::Io(e)),
         };
         match link {
