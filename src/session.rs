@@ -407,31 +407,7 @@ impl Session {
         };
         match (&message, self.stage) {
             (NetworkMessage::Version(v), Stage::AwaitVersion) => {
-                if v.version < config.min_peer_version {
-                    return Err(SessionError::ObsoleteVersion { version: v.version, min: config.min_peer_version });
-                }
-                if !v.services.has(config.required_services) {
-                    return Err(SessionError::MissingServices {
-                        required: config.required_services,
-                        announced: v.services,
-                    });
-                }
-                if self.direction == Direction::Inbound && ctx.local_nonces.contains(&v.nonce) {
-                    return Err(SessionError::SelfConnection);
-                }
-                self.peer = Some(PeerVersion::from_message(v));
-                if self.direction == Direction::Inbound {
-                    out.push(self.version_message(config, ctx.start_height, ctx.unix_time));
-                }
-                // Core sends both only when the common version is 70016+:
-                // some older implementations reject unknown messages.
-                if v.version >= WTXID_RELAY_VERSION && config.protocol_version >= WTXID_RELAY_VERSION {
-                    out.push(NetworkMessage::WtxidRelay);
-                    out.push(NetworkMessage::SendAddrV2);
-                    self.sent_wtxidrelay = true;
-                }
-                out.push(NetworkMessage::Verack);
-                self.stage = Stage::AwaitVerack;
+                self.on_version(v, ctx, out)?;
                 Ok(forward(message))
             }
             (NetworkMessage::Version(_), _) => Err(SessionError::DuplicateVersion),
@@ -464,20 +440,13 @@ impl Session {
                 out.push(NetworkMessage::Pong(*n));
                 Ok(forward(message))
             }
-            (NetworkMessage::Pong(n), _) => match self.ping {
-                Some((nonce, sent)) if *n == nonce => {
-                    let rtt = now.saturating_duration_since(sent);
-                    self.last_rtt = Some(rtt);
-                    self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
-                    self.ping = None;
-                    Ok(forward(message))
-                }
+            (NetworkMessage::Pong(n), _) => {
+                let ours = self.on_pong(*n, now);
                 // Not ours: the answer to a ping the user sent. Before
                 // verack the user cannot have pinged (and the peer is not
                 // announced yet), so the pong is handled like the others.
-                _ if self.stage == Stage::Ready => Ok(Delivery::Deliver(message)),
-                _ => Ok(forward(message)),
-            },
+                Ok(if !ours && self.stage == Stage::Ready { Delivery::Deliver(message) } else { forward(message) })
+            }
             (NetworkMessage::SendHeaders, _) => {
                 self.features.send_headers = true;
                 Ok(forward(message))
@@ -485,6 +454,55 @@ impl Session {
             // Core ignores other messages before verack.
             (_, Stage::AwaitVerack) => Ok(Delivery::Consumed),
             (_, Stage::Ready) => Ok(Delivery::Deliver(message)),
+        }
+    }
+
+    /// The peer's `version`: checks it, then answers (our `version` if
+    /// inbound, the BIP339/BIP155 announcements, `verack`).
+    fn on_version(
+        &mut self,
+        v: &VersionMessage,
+        ctx: &Context<'_>,
+        out: &mut Vec<NetworkMessage>,
+    ) -> Result<(), SessionError> {
+        let config = ctx.config;
+        if v.version < config.min_peer_version {
+            return Err(SessionError::ObsoleteVersion { version: v.version, min: config.min_peer_version });
+        }
+        if !v.services.has(config.required_services) {
+            return Err(SessionError::MissingServices { required: config.required_services, announced: v.services });
+        }
+        if self.direction == Direction::Inbound && ctx.local_nonces.contains(&v.nonce) {
+            return Err(SessionError::SelfConnection);
+        }
+        self.peer = Some(PeerVersion::from_message(v));
+        if self.direction == Direction::Inbound {
+            out.push(self.version_message(config, ctx.start_height, ctx.unix_time));
+        }
+        // Core sends both only when the common version is 70016+: some
+        // older implementations reject unknown messages.
+        if v.version >= WTXID_RELAY_VERSION && config.protocol_version >= WTXID_RELAY_VERSION {
+            out.push(NetworkMessage::WtxidRelay);
+            out.push(NetworkMessage::SendAddrV2);
+            self.sent_wtxidrelay = true;
+        }
+        out.push(NetworkMessage::Verack);
+        self.stage = Stage::AwaitVerack;
+        Ok(())
+    }
+
+    /// A `pong`: true if it answers our own ping (the round trip is then
+    /// recorded).
+    fn on_pong(&mut self, nonce: u64, now: Instant) -> bool {
+        match self.ping {
+            Some((ours, sent)) if nonce == ours => {
+                let rtt = now.saturating_duration_since(sent);
+                self.last_rtt = Some(rtt);
+                self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+                self.ping = None;
+                true
+            }
+            _ => false,
         }
     }
 
