@@ -12,6 +12,9 @@ use crate::wire::v1::MAX_PROTOCOL_MESSAGE_LENGTH;
 /// Bitcoin Core's `-maxsendbuffer` default (src/net.h): 1,000 KB per peer.
 pub const DEFAULT_SEND_BUFFER_LIMIT: usize = 1_000_000;
 
+/// Bitcoin Core's `-maxreceivebuffer` default (src/net.h): 5,000 KB per peer.
+pub const DEFAULT_RECEIVE_BUFFER_LIMIT: usize = 5_000_000;
+
 /// Default outbound connect timeout (Bitcoin Core's `-timeout` is 5 s for a
 /// single address; we allow for slower links).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +66,13 @@ pub struct Config {
     /// message; waiting messages are bounded by [`Config::max_in_flight`].
     /// Default 1,000,000 (Core's `-maxsendbuffer`).
     pub send_buffer_limit: usize,
+    /// Bytes of input kept for one peer while its messages are not being
+    /// decoded (because our send queue to it is over
+    /// [`send_buffer_limit`](Config::send_buffer_limit), or the user's
+    /// messages to it fill [`max_in_flight`](Config::max_in_flight)); reading
+    /// that peer stops above it. A frame being received may always complete.
+    /// Default 5,000,000 (Core's `-maxreceivebuffer`).
+    pub receive_buffer_limit: usize,
     /// Outbound connect timeout. Default 10 s.
     pub connect_timeout: Duration,
     /// Disconnect a peer that reads nothing for this long while data is
@@ -105,6 +115,7 @@ impl Config {
             listen: Vec::new(),
             max_message_len: MAX_PROTOCOL_MESSAGE_LENGTH,
             send_buffer_limit: DEFAULT_SEND_BUFFER_LIMIT,
+            receive_buffer_limit: DEFAULT_RECEIVE_BUFFER_LIMIT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,

@@ -71,6 +71,7 @@ pub(crate) struct Limits {
     pub(crate) stall_timeout: Duration,
     pub(crate) frame_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) receive_buffer: usize,
 }
 
 impl Limits {
@@ -81,6 +82,7 @@ impl Limits {
             stall_timeout: config.stall_timeout,
             frame_timeout: config.frame_timeout,
             handshake_timeout: config.session.handshake_timeout,
+            receive_buffer: config.receive_buffer_limit,
         }
     }
 }
@@ -234,6 +236,9 @@ pub(crate) struct Link<C: Codec, P: Protocol> {
     after_flush: bool,
     /// `shutdown(Write)` is owed to the socket (set on entering Lingering).
     shutdown_due: bool,
+    /// The last decode pass stopped with complete input left because
+    /// [`may_decode`](Link::may_decode) said no.
+    decode_paused: bool,
     codec: C,
     proto: P::Conn,
     /// Bytes of an incomplete frame.
@@ -294,6 +299,7 @@ where
             state: if direction == Direction::Outbound { State::Connecting } else { State::Handshake },
             after_flush: false,
             shutdown_due: false,
+            decode_paused: false,
             codec,
             proto,
             rx: Vec::new(),
@@ -333,20 +339,34 @@ where
         self.tx.len() - self.tx_pos
     }
 
-    /// Whether the reactor should read: connected, and not paused because
-    /// our send queue is over its limit (Core's `fPauseSend`: a peer that
-    /// makes us answer cannot grow the queue without bound), nor, once the
-    /// peer is announced, because the user's messages to it fill the
-    /// in-flight cap (a peer that makes the user answer cannot outrun the
-    /// answers). Before the announcement held messages count as in flight,
-    /// so that cap cannot apply: reading is what completes the handshake.
+    /// Whether decoding may go on. Not while our send queue is over its
+    /// limit (Core's `fPauseSend`: a peer that makes us answer cannot grow
+    /// the queue without bound), nor, once the peer is announced, while the
+    /// user's messages to it fill the in-flight cap (a peer that makes the
+    /// user answer cannot outrun the answers). Before the announcement held
+    /// messages count as in flight, so that cap cannot apply: decoding is
+    /// what completes the handshake.
+    fn may_decode(&self, limits: &Limits) -> bool {
+        self.queued() <= limits.send_buffer && !(self.state == State::Ready && self.gate.in_flight_full())
+    }
+
+    /// Whether the reactor should read. While decoding is paused, input is
+    /// still read, up to [`Limits::receive_buffer`] (Core's
+    /// `-maxreceivebuffer`), so that two peers that both owe each other more
+    /// than the socket buffers hold keep draining each other instead of
+    /// stalling together.
     pub(crate) fn wants_read(&self, limits: &Limits) -> bool {
         match self.state {
             State::Connecting => false,
             State::Lingering { .. } => true,
-            State::Handshake => self.queued() <= limits.send_buffer,
-            State::Ready => self.queued() <= limits.send_buffer && self.gate.closed().is_none(),
+            State::Handshake | State::Ready => !self.decode_paused || self.rx.len() < limits.receive_buffer,
         }
+    }
+
+    /// Decoding was paused with input buffered and may resume now: the
+    /// reactor should serve this link's input even without new readiness.
+    pub(crate) fn wants_decode(&self, limits: &Limits) -> bool {
+        self.decode_paused && self.may_decode(limits)
     }
 
     /// The earliest deadline of any timer.
@@ -660,7 +680,7 @@ where
     /// through the protocol layer, and returns the bytes used.
     fn decode<E: Sink<P>>(&mut self, buf: &[u8], cx: &mut Ctx<'_, P, E>) -> Result<usize, Reason<P>> {
         let mut used = 0;
-        while !cx.events.paused() && used < buf.len() && self.queued() <= cx.limits.send_buffer {
+        while !cx.events.paused() && used < buf.len() && self.may_decode(cx.limits) {
             if self.queued() == 0 {
                 // Bytes the codec may queue (a handshake reply) start the stall clock.
                 self.timers.set(Timer::Stall, later(cx.now, cx.limits.stall_timeout));
@@ -698,6 +718,7 @@ where
                 }
             }
         }
+        self.decode_paused = used < buf.len() && !self.may_decode(cx.limits);
         Ok(used)
     }
 

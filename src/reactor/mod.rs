@@ -228,7 +228,8 @@ where
             slot.in_write_queue = true;
             self.write_queue.push_back(id);
         }
-        if slot.read_paused && slot.link.wants_read(&self.env.limits) {
+        let limits = &self.env.limits;
+        if (slot.read_paused && slot.link.wants_read(limits)) || slot.link.wants_decode(limits) {
             slot.read_paused = false;
             wants_read = true;
         }

@@ -81,6 +81,11 @@ impl Gate {
         }
     }
 
+    /// Whether `max_in_flight` messages are on their way to the reactor.
+    pub(crate) fn in_flight_full(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) >= self.max_in_flight
+    }
+
     /// Whether the gate is open with hysteresis: the buffer under its limit
     /// and at most half the in-flight cap used.
     fn wide_open(&self) -> bool {
