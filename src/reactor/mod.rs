@@ -13,6 +13,8 @@ mod link;
 mod listener;
 mod outbox;
 pub(crate) mod shared;
+#[cfg(test)]
+mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
