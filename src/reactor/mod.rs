@@ -14,6 +14,8 @@ mod listener;
 mod outbox;
 pub(crate) mod shared;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 use std::cmp::Reverse;
