@@ -57,6 +57,9 @@ pub(crate) trait Protocol: Send + 'static {
         now: Instant,
         out: &mut Vec<Msg<Self>>,
     ) -> Result<Option<Msg<Self>>, ProtoError<Self>>;
+    /// An outbound connection's TCP connect completed; its protocol clocks
+    /// start now.
+    fn connected(&mut self, conn: &mut Self::Conn, now: Instant);
     /// True once, when the peer became ready.
     fn take_ready(&mut self, conn: &mut Self::Conn) -> bool;
     fn sent(&mut self, conn: &mut Self::Conn, message: &Msg<Self>, wire_size: usize);
@@ -94,6 +97,7 @@ impl<C: Codec> Protocol for Passthrough<C> {
     ) -> Result<Option<C::Message>, Infallible> {
         Ok(Some(m))
     }
+    fn connected(&mut self, _: &mut (), _: Instant) {}
     fn take_ready(&mut self, _: &mut ()) -> bool {
         false
     }
@@ -211,6 +215,10 @@ impl Protocol for Bitcoin {
             Delivery::Deliver(m) => Ok(Some(m)),
             Delivery::Consumed => Ok(None),
         }
+    }
+
+    fn connected(&mut self, conn: &mut BitcoinConn, now: Instant) {
+        conn.session.connected(now, &self.config);
     }
 
     fn take_ready(&mut self, conn: &mut BitcoinConn) -> bool {

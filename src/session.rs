@@ -324,6 +324,14 @@ impl Session {
         }
     }
 
+    /// The transport connection is up (outbound connects take time): the
+    /// handshake has its whole timeout from `now`.
+    pub fn connected(&mut self, now: Instant, config: &SessionConfig) {
+        if self.stage != Stage::Ready {
+            self.handshake_deadline = later(now, config.handshake_timeout);
+        }
+    }
+
     /// The nonce in our `version` message.
     pub fn local_nonce(&self) -> u64 {
         self.local_nonce

@@ -239,6 +239,8 @@ pub(crate) struct Link<C: Codec, P: Protocol> {
     /// The last decode pass stopped with complete input left because
     /// [`may_decode`](Link::may_decode) said no.
     decode_paused: bool,
+    /// The peer closed its side; what is buffered is still decoded.
+    peer_closed: bool,
     codec: C,
     proto: P::Conn,
     /// Bytes of an incomplete frame.
@@ -300,6 +302,7 @@ where
             after_flush: false,
             shutdown_due: false,
             decode_paused: false,
+            peer_closed: false,
             codec,
             proto,
             rx: Vec::new(),
@@ -323,10 +326,13 @@ where
             return Err(e);
         }
         match direction {
+            // The protocol's clocks start once connected.
             Direction::Outbound => link.timers.set(Timer::Connect, later(cx.now, cx.limits.connect_timeout)),
-            Direction::Inbound => link.opened(cx),
+            Direction::Inbound => {
+                link.opened(cx);
+                link.schedule_protocol(cx);
+            }
         }
-        link.schedule_protocol(cx);
         Ok(link)
     }
 
@@ -359,7 +365,9 @@ where
         match self.state {
             State::Connecting => false,
             State::Lingering { .. } => true,
-            State::Handshake | State::Ready => !self.decode_paused || self.rx.len() < limits.receive_buffer,
+            State::Handshake | State::Ready => {
+                !self.peer_closed && (!self.decode_paused || self.rx.len() < limits.receive_buffer)
+            }
         }
     }
 
@@ -393,6 +401,8 @@ where
         self.local = Some(local);
         self.state = State::Handshake;
         self.timers.clear(Timer::Connect);
+        cx.proto.connected(&mut self.proto, cx.now);
+        self.schedule_protocol(cx);
         self.opened(cx);
         self.maybe_linger(cx);
     }
@@ -410,12 +420,17 @@ where
         self.maybe_announce(cx);
     }
 
-    /// Why the link ends when the peer closed its side.
-    pub(crate) fn eof_reason(&self) -> Reason<P> {
-        match self.state {
-            State::Lingering { .. } => DisconnectReason::Flushed,
-            _ => DisconnectReason::PeerClosed,
+    /// The peer closed its side. While lingering that ends the link
+    /// (`Flushed`). Otherwise input already buffered is still decoded: the
+    /// peer may have sent its last messages just before closing, while our
+    /// decoding was paused. The link ends with `PeerClosed` once nothing
+    /// decodable is left ([`decode_buffered`](Link::decode_buffered) says so).
+    pub(crate) fn handle_eof<E: Sink<P>>(&mut self, cx: &mut Ctx<'_, P, E>) -> Result<(), Reason<P>> {
+        if matches!(self.state, State::Lingering { .. }) {
+            return Err(DisconnectReason::Flushed);
         }
+        self.peer_closed = true;
+        self.decode_buffered(cx)
     }
 
     /// Why the link ends when reading the socket failed: while lingering
@@ -455,11 +470,17 @@ where
         let limit = cx.limits.send_buffer;
         if self.queued() <= limit / 2 {
             self.gate.full.store(false, Ordering::SeqCst);
-            if self.gate.reopened() {
-                cx.events.emit(Event::Writable { peer: self.id });
-            }
+            self.reopen_gate(cx);
         }
         self.maybe_linger(cx);
+    }
+
+    /// After the gate may have opened: wakes senders waiting in
+    /// `send_timeout`, and reports `Writable` (once) to a refused sender.
+    fn reopen_gate<E: Sink<P>>(&mut self, cx: &mut Ctx<'_, P, E>) {
+        if self.gate.reopened() {
+            cx.events.emit(Event::Writable { peer: self.id });
+        }
     }
 
     /// A user message for this peer, taken off the command channel.
@@ -467,6 +488,7 @@ where
         if self.after_flush || matches!(self.state, State::Lingering { .. }) {
             self.gate.in_flight.fetch_sub(1, Ordering::SeqCst);
             cx.events.emit(Event::SendRejected { peer: self.id, message, reason: SendError::Closing });
+            self.reopen_gate(cx);
             return;
         }
         if self.state != State::Ready || self.queued() > cx.limits.send_buffer || !self.held.is_empty() {
@@ -498,14 +520,15 @@ where
         let before = self.tx.len();
         if let Err(e) = self.codec.encode(&message, &mut self.tx) {
             cx.events.emit(Event::SendRejected { peer: self.id, message, reason: SendError::Encode(e) });
+            self.reopen_gate(cx);
             return;
         }
         self.msgs_out += 1;
         cx.proto.sent(&mut self.proto, &message, self.tx.len() - before);
         if self.queued() > cx.limits.send_buffer {
             self.gate.full.store(true, Ordering::SeqCst);
-        } else if self.gate.reopened() {
-            cx.events.emit(Event::Writable { peer: self.id });
+        } else {
+            self.reopen_gate(cx);
         }
         if was_empty {
             self.timers.set(Timer::Stall, later(cx.now, cx.limits.stall_timeout));
@@ -635,19 +658,23 @@ where
 
     /// Decodes what this link has buffered (a previous round may have
     /// stopped early because the user was behind).
+    /// After the peer closed its side, `Err(PeerClosed)` once nothing
+    /// decodable is left.
     pub(crate) fn decode_buffered<E: Sink<P>>(&mut self, cx: &mut Ctx<'_, P, E>) -> Result<(), Reason<P>> {
-        if self.rx.is_empty() || matches!(self.state, State::Lingering { .. }) {
-            return Ok(());
+        if !self.rx.is_empty() && !matches!(self.state, State::Lingering { .. }) {
+            let rx = std::mem::take(&mut self.rx);
+            let used = self.decode(&rx, cx);
+            self.rx = rx;
+            let used = self.after_decode(used, cx)?;
+            self.rx.drain(..used);
+            if self.rx.is_empty() && self.rx.capacity() > KEEP_BUFFER {
+                cx.pool.put(&mut self.rx);
+            }
+            self.arm_frame_timer(cx);
         }
-        let rx = std::mem::take(&mut self.rx);
-        let used = self.decode(&rx, cx);
-        self.rx = rx;
-        let used = self.after_decode(used, cx)?;
-        self.rx.drain(..used);
-        if self.rx.is_empty() && self.rx.capacity() > KEEP_BUFFER {
-            cx.pool.put(&mut self.rx);
+        if self.peer_closed && !self.decode_paused && !cx.events.paused() {
+            return Err(DisconnectReason::PeerClosed);
         }
-        self.arm_frame_timer(cx);
         Ok(())
     }
 

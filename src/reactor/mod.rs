@@ -13,7 +13,11 @@ mod link;
 mod listener;
 mod outbox;
 pub(crate) mod shared;
+#[cfg(test)]
+mod sim;
 mod slot;
+#[cfg(test)]
+mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

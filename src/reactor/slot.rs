@@ -141,7 +141,10 @@ where
                 }
             };
             match result {
-                Ok(0) => return Err(self.link.eof_reason()),
+                Ok(0) => {
+                    self.link.handle_eof(&mut env.cx())?;
+                    return Ok(env.out.paused());
+                }
                 Ok(n) => budget = budget.saturating_sub(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.link.decode_buffered(&mut env.cx())?;
