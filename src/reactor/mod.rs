@@ -1,13 +1,10 @@
-//! The mio reactor: one thread that owns every socket.
-//!
-//! The reactor only moves bytes and readiness. Each connection's logic lives
-//! in a sans-IO [`Link`](link::Link) (codec, protocol, buffers, one timer
-//! table); the listeners live in [`listener`]. Each round: accept, read
-//! (decode) with a per-peer byte budget, apply user commands (encode), write
-//! with a per-peer budget, fire due timers, then sleep in `poll` until the
-//! next deadline. Readiness is edge-triggered, so a peer whose budget ran
-//! out goes back on a queue and is served next round with a zero poll
-//! timeout.
+//! The mio reactor: one thread that owns every socket. It only moves bytes
+//! and readiness; each connection's logic lives in a sans-IO
+//! [`Link`](link::Link) (codec, protocol, buffers, one timer table), the
+//! listeners in [`listener`]. Each round: accept, read (decode) with a
+//! per-peer byte budget, apply user commands (encode), write with a per-peer
+//! budget, fire due timers, then sleep in `poll` until the next deadline. A
+//! peer whose budget ran out is served again next round.
 
 mod link;
 mod listener;
