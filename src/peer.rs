@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::codec::Transport;
-use crate::event::{Direction, PeerId};
+use crate::types::{Direction, PeerId};
 use crate::session::{Features, PeerVersion};
 
 /// What we know about a connected peer.

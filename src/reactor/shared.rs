@@ -83,7 +83,9 @@ impl Gate {
 
     /// Whether `max_in_flight` messages are on their way to the reactor.
     pub(crate) fn in_flight_full(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst) >= self.max_in_flight
+        // A hint for pausing decoding, checked per message: no ordering
+        // needed, the reactor looks again after every command it takes.
+        self.in_flight.load(Ordering::Relaxed) >= self.max_in_flight
     }
 
     /// Whether the gate is open with hysteresis: the buffer under its limit
@@ -96,6 +98,10 @@ impl Gate {
     /// (once) if a refused sender must now be told it may send again. Also
     /// wakes senders waiting in `send_timeout`.
     pub(crate) fn reopened(&self) -> bool {
+        // The common case, per message: nobody was refused, nobody waits.
+        if !self.refused.load(Ordering::SeqCst) && self.waiters.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
         if !self.wide_open() {
             return false;
         }

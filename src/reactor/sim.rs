@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
-use bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
+use bitcoin::{BlockHash, Network};
 
 use super::link::{Closed, Ctx, End, Limits, Link, Pool, Sink, State};
 use super::shared::{Gate, Shared};
-use super::tests::Wire;
+use super::tests::{Wire, tx};
 use crate::codec::Factory;
 use crate::event::{ConnectError, DisconnectReason, Event, SendError};
 use crate::protocol::{Bitcoin, Msg, Passthrough, Protocol};
@@ -142,24 +142,6 @@ fn inv(tag: u64, entries: usize) -> NetworkMessage {
     let inventory =
         (0..entries as u64).map(|i| Inventory::Block(BlockHash::from_byte_array(hash_of(tag, i)))).collect();
     NetworkMessage::Inv(inventory)
-}
-
-/// A transaction of about `script_len` bytes, tagged in its first input.
-fn tx(tag: u64, script_len: usize) -> NetworkMessage {
-    NetworkMessage::Tx(Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint { txid: Txid::from_byte_array(hash_of(tag, 0)), vout: 0 },
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: Amount::from_sat(1),
-            script_pubkey: ScriptBuf::from_bytes(vec![0x6a; script_len]),
-        }],
-    })
 }
 
 fn tag_of(message: &NetworkMessage) -> Option<u64> {

@@ -184,8 +184,9 @@ fn decode_v1(mut bytes: &[u8]) -> Vec<NetworkMessage> {
 }
 
 /// A transaction whose size is mostly one output script of `script_len`
-/// bytes; `tag` is the first input's previous txid.
-fn tx(tag: u64, script_len: usize) -> NetworkMessage {
+/// bytes; `tag` is the first input's previous txid (its first 8 bytes, the
+/// rest zero).
+pub(super) fn tx(tag: u64, script_len: usize) -> NetworkMessage {
     let mut prev = [0u8; 32];
     prev[..8].copy_from_slice(&tag.to_le_bytes());
     NetworkMessage::Tx(Transaction {
