@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::codec::Transport;
-use crate::types::{Direction, PeerId};
 use crate::session::{Features, PeerVersion};
+use crate::types::{Direction, PeerId};
 
 /// What we know about a connected peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
