@@ -163,6 +163,10 @@ pub trait Factory: Send + 'static {
     fn retry(&mut self, _remote: SocketAddr, _ended: &Ended<'_, Self::Codec>) -> Option<Self::Codec> {
         None
     }
+
+    /// The first bytes of an outbound connection to `remote`, made with
+    /// `codec`, arrived: the peer answers this codec. Default: nothing.
+    fn answered(&mut self, _remote: SocketAddr, _codec: &Self::Codec) {}
 }
 
 /// Every cloneable codec is its own factory: each connection gets a clone.

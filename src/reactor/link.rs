@@ -241,6 +241,8 @@ pub(crate) struct Link<C: Codec, P: Protocol> {
     decode_paused: bool,
     /// The peer closed its side; what is buffered is still decoded.
     peer_closed: bool,
+    /// The first bytes of an outbound connection arrived, not yet reported.
+    answered: bool,
     codec: C,
     proto: P::Conn,
     /// Bytes of an incomplete frame.
@@ -303,6 +305,7 @@ where
             shutdown_due: false,
             decode_paused: false,
             peer_closed: false,
+            answered: false,
             codec,
             proto,
             rx: Vec::new(),
@@ -631,8 +634,15 @@ where
     }
 
     fn count_in(&mut self, n: usize, now: Instant) {
+        self.answered |= self.bytes_in == 0 && self.direction == Direction::Outbound;
         self.bytes_in += n as u64;
         self.last_recv = Some(now);
+    }
+
+    /// True once, after the first bytes of an outbound connection arrived:
+    /// tell the codec factory its codec was answered.
+    pub(crate) fn poll_answered(&mut self) -> Option<(SocketAddr, &C)> {
+        std::mem::take(&mut self.answered).then_some((self.remote, &self.codec))
     }
 
     /// Bytes that arrived while nothing was buffered: decoded straight from

@@ -1,10 +1,8 @@
 //! The mio reactor: one thread that owns every socket. It only moves bytes
 //! and readiness; each connection's logic lives in a sans-IO
-//! [`Link`](link::Link) (codec, protocol, buffers, one timer table), the
-//! listeners in [`listener`]. Each round: accept, read (decode) with a
-//! per-peer byte budget, apply user commands (encode), write with a per-peer
-//! budget, fire due timers, then sleep in `poll` until the next deadline. A
-//! peer whose budget ran out is served again next round.
+//! [`Link`](link::Link), the listeners in [`listener`]. Each round: accept,
+//! read (decode), apply user commands (encode), write, each within per-peer
+//! budgets, fire due timers, then sleep in `poll` until the next deadline.
 
 mod link;
 mod listener;
@@ -220,6 +218,9 @@ where
     /// and the link's next deadline.
     fn after(&mut self, id: u64) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
+        if let Some((remote, codec)) = slot.link.poll_answered() {
+            self.factory.answered(remote, codec);
+        }
         let mut wants_read = false;
         if slot.link.poll_shutdown() {
             let _ = slot.stream.shutdown(Shutdown::Write);

@@ -629,7 +629,7 @@ fn silent_v2_peer_is_retried_as_v1_with_the_held_messages() {
     assert_eq!(codec.transport(), Transport::V1);
     assert_eq!(held, VecDeque::from([NetworkMessage::Ping(1), NetworkMessage::Ping(2)]));
     assert!(!after_flush);
-    assert!(factory.is_v1_only(&remote()), "the next connection starts as v1");
+    assert!(!factory.is_v1_only(&remote()), "remembered only once the v1 retry is answered");
     // Reconnected as the reactor does, the held messages go out as v1 frames.
     let mut link: Link<BitcoinCodec, Raw> =
         Link::new(PeerId(1), Direction::Outbound, remote(), None, codec, gate, held, [1; 32], &mut env.cx())
@@ -640,6 +640,14 @@ fn silent_v2_peer_is_retried_as_v1_with_the_held_messages() {
     assert_eq!(written[..4], Magic::REGTEST.to_bytes());
     assert_eq!(decode_v1(&written), vec![NetworkMessage::Ping(1), NetworkMessage::Ping(2)]);
     assert_eq!(link.gate().in_flight.load(Ordering::SeqCst), 0);
+    // The peer answers in v1: the reactor tells the factory once, and the
+    // next connection starts as v1.
+    assert!(link.poll_answered().is_none(), "nothing received yet");
+    link.handle_input(&frame(&NetworkMessage::Pong(1)), &mut env.cx()).expect("valid frame");
+    let (addr, codec) = link.poll_answered().expect("first bytes arrived");
+    factory.answered(addr, codec);
+    assert!(link.poll_answered().is_none(), "reported once");
+    assert!(factory.is_v1_only(&remote()), "the next connection starts as v1");
 }
 
 #[test]

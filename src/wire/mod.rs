@@ -137,14 +137,20 @@ pub const V1_CACHE_LEN: usize = 1024;
 
 /// The reactor's codec factory for the Bitcoin wire: a [`BitcoinCodec`] per
 /// connection under one [`TransportPolicy`], Core's v1 fallback, and a
-/// bounded cache of peers that only speak v1 (the next connection to them
-/// starts as v1, as Core does through its address manager).
+/// bounded cache of peers that only speak v1, so the next connection to them
+/// starts as v1. A peer enters the cache only once its v1 retry was
+/// answered: a peer that closed our v2 attempt for another reason (full, or
+/// banning us) is tried over v2 again next time, so a closed connection
+/// alone never downgrades a peer to unencrypted v1 for good.
 #[derive(Debug)]
 pub struct BitcoinFactory {
     prototype: BitcoinCodec,
     /// Addresses that fell back to v1, oldest first; at most [`V1_CACHE_LEN`].
     v1_peers: std::collections::HashSet<std::net::SocketAddr>,
     v1_order: std::collections::VecDeque<std::net::SocketAddr>,
+    /// Addresses retried as v1 whose retry has not been answered yet; at
+    /// most [`V1_CACHE_LEN`] (the oldest are forgotten).
+    retried: std::collections::VecDeque<std::net::SocketAddr>,
 }
 
 impl BitcoinFactory {
@@ -154,6 +160,7 @@ impl BitcoinFactory {
             prototype: BitcoinCodec::new(network, policy, max_payload),
             v1_peers: Default::default(),
             v1_order: Default::default(),
+            retried: Default::default(),
         }
     }
 
@@ -188,8 +195,23 @@ impl Factory for BitcoinFactory {
     fn retry(&mut self, remote: std::net::SocketAddr, ended: &Ended<'_, BitcoinCodec>) -> Option<BitcoinCodec> {
         let codec = ended.codec.fallback(ended)?;
         log::debug!("{remote} sent nothing back to v2 (or answered in v1): retrying as v1");
-        self.remember_v1(remote);
+        if !self.retried.contains(&remote) {
+            if self.retried.len() == V1_CACHE_LEN {
+                self.retried.pop_front();
+            }
+            self.retried.push_back(remote);
+        }
         Some(codec)
+    }
+
+    fn answered(&mut self, remote: std::net::SocketAddr, codec: &BitcoinCodec) {
+        if codec.transport() != Transport::V1 {
+            return;
+        }
+        if let Some(i) = self.retried.iter().position(|a| *a == remote) {
+            self.retried.remove(i);
+            self.remember_v1(remote);
+        }
     }
 }
 

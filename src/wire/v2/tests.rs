@@ -1286,16 +1286,35 @@ fn factory_remembers_v1_peers_and_bounds_its_cache() {
     assert!(matches!(first.transport(), Transport::V2 { .. }), "v2 first");
     let retry = factory.retry(addr(1), &silent(&first)).expect("silent v2 attempt is retried");
     assert_eq!(retry.transport(), Transport::V1);
+    assert!(!factory.is_v1_only(&addr(1)), "not remembered before the v1 retry is answered");
+    factory.answered(addr(1), &retry);
     assert!(factory.is_v1_only(&addr(1)));
     assert_eq!(factory.make(Direction::Outbound, addr(1)).transport(), Transport::V1, "cached: v1 at once");
     // Inbound connections from a cached address still detect the transport.
     assert!(matches!(factory.make(Direction::Inbound, addr(1)).transport(), Transport::V2 { .. }));
     for i in 2..=(V1_CACHE_LEN as u32 + 1) {
         let codec = factory.make(Direction::Outbound, addr(i));
-        factory.retry(addr(i), &silent(&codec)).expect("retried");
+        let retry = factory.retry(addr(i), &silent(&codec)).expect("retried");
+        factory.answered(addr(i), &retry);
     }
     assert!(!factory.is_v1_only(&addr(1)), "the oldest entry was evicted");
     assert!(factory.is_v1_only(&addr(V1_CACHE_LEN as u32 + 1)));
+}
+
+/// A peer that closes our v2 attempt and then our v1 retry too (full, or
+/// banning us) is not downgraded: the next attempt is v2 again.
+#[test]
+fn factory_does_not_downgrade_a_peer_whose_v1_retry_failed() {
+    use crate::codec::Factory;
+    let mut factory = BitcoinFactory::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 8333));
+    let first = factory.make(Direction::Outbound, addr);
+    let retry = factory.retry(addr, &silent(&first)).expect("retried as v1");
+    assert!(factory.retry(addr, &silent(&retry)).is_none(), "v1 is not retried");
+    assert!(matches!(factory.make(Direction::Outbound, addr).transport(), Transport::V2 { .. }));
+    // Answers to a v2 codec prove nothing about v1.
+    factory.answered(addr, &first);
+    assert!(!factory.is_v1_only(&addr));
 }
 
 #[test]
