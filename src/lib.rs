@@ -89,6 +89,7 @@ mod reactor;
 mod rng;
 pub mod session;
 pub mod stack;
+pub mod target;
 mod types;
 pub mod wire;
 
@@ -101,6 +102,7 @@ pub use peer::{PeerInfo, PeerStats};
 pub use reactor::start_with_codec;
 pub use session::{Mode, SessionConfig, SessionError};
 pub use stack::{Bitcoin, Framed, LinkInfo, Stack};
+pub use target::{Target, TargetError};
 
 /// Starts a reactor that speaks the Bitcoin wire format on `config.magic`'s
 /// network, in `config.mode` (session mode by default).
