@@ -25,6 +25,9 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+#[cfg(test)]
+mod tests;
+
 /// The SOCKS protocol version byte.
 const VERSION: u8 = 0x05;
 /// The RFC 1929 sub-negotiation version byte.
@@ -545,9 +548,7 @@ impl fmt::Display for Socks5Error {
             Socks5Error::NoAcceptableMethod { offered_password: true } => {
                 f.write_str("proxy does not accept username/password authentication")
             }
-            Socks5Error::NoAcceptableMethod { offered_password: false } => {
-                f.write_str("proxy requires authentication")
-            }
+            Socks5Error::NoAcceptableMethod { offered_password: false } => f.write_str("proxy requires authentication"),
             Socks5Error::UnofferedMethod(method) => {
                 write!(f, "proxy chose authentication method {method:#04x}, which was not offered")
             }
