@@ -18,6 +18,24 @@
 //! Names ([`Target::Name`]) are sent to the proxy as they are (address type
 //! 3), so the proxy resolves them: nothing here ever looks a name up.
 //!
+//! ```
+//! use peerlink::socks5::{Auth, Bound, Handshake, Progress, Target};
+//!
+//! let target = Target::name("localhost", 8333)?;
+//! let mut handshake = Handshake::new(target, Auth::None);
+//! assert_eq!(handshake.poll_transmit(), [5, 1, 0]); // greeting: no authentication
+//! handshake.advance(3);
+//! assert_eq!(handshake.handle_input(&[5, 0])?, Progress::Pending); // method 0 chosen
+//! let request = handshake.poll_transmit().to_vec(); // CONNECT localhost:8333
+//! assert_eq!(request[..5], [5, 1, 0, 3, 9]);
+//! handshake.advance(request.len());
+//! // The reply, and the peer's first bytes in the same read.
+//! let progress = handshake.handle_input(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xf9, 0xbe])?;
+//! assert_eq!(progress, Progress::Connected { bound: Bound::Addr("0.0.0.0:0".parse()?) });
+//! assert_eq!(handshake.take_leftover(), [0xf9, 0xbe]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! [`AuthSource::Isolated`] gives each connection its own credentials the way
 //! Bitcoin Core's `-proxyrandomize` does (a random prefix chosen once, then a
 //! counter), so that Tor puts each connection on its own circuit.
