@@ -88,6 +88,8 @@ mod protocol;
 mod reactor;
 mod rng;
 pub mod session;
+#[cfg(feature = "socks")]
+pub mod socks5;
 pub mod stack;
 pub mod target;
 mod types;
