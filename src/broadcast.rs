@@ -33,7 +33,7 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::{Transaction, Txid, Wtxid};
 
 use crate::error::RecvTimeoutError;
-use crate::event::{ConnectError, DisconnectReason, Event, PeerId};
+use crate::event::{ConnectError, DisconnectReason, Event, PeerId, SendError};
 use crate::handle::{Disconnect, Refusal};
 use crate::rng::Rng;
 use crate::types::later;
@@ -114,6 +114,10 @@ pub enum BroadcastError {
         /// How far the peer got.
         stage: Stage,
     },
+    /// The transaction could not be sent to the peer: the codec refused
+    /// it (larger than [`Config::max_message_len`](crate::Config::max_message_len),
+    /// for example), or the connection went away with it still held.
+    NotSent(SendError),
     /// The broadcast's reactor stopped (its poll failed) before the peer
     /// was done.
     ReactorGone {
@@ -131,6 +135,7 @@ impl fmt::Display for BroadcastError {
             BroadcastError::Disconnected { stage, .. } => write!(f, "connection ended at stage {stage}"),
             BroadcastError::Timeout { stage } => write!(f, "deadline passed at stage {stage}"),
             BroadcastError::ReactorGone { stage } => write!(f, "reactor stopped at stage {stage}"),
+            BroadcastError::NotSent(_) => f.write_str("the transaction could not be sent"),
         }
     }
 }
@@ -140,6 +145,7 @@ impl std::error::Error for BroadcastError {
         match self {
             BroadcastError::Connect(e) => Some(e),
             BroadcastError::Handshake(r) | BroadcastError::Disconnected { reason: r, .. } => Some(r),
+            BroadcastError::NotSent(e) => Some(e),
             _ => None,
         }
     }
@@ -439,6 +445,11 @@ impl Broadcaster {
                 self.states[i] = State::Announced { peer, peer_info, ping, processed_at: None };
             }
             Event::Message { peer, message, .. } => self.on_message(peer, message, now),
+            Event::SendRejected { peer, message: NetworkMessage::Tx(_), reason } => {
+                if let Some(i) = self.index(peer) {
+                    self.finish(i, Err(BroadcastError::NotSent(reason)));
+                }
+            }
             Event::ConnectFailed { peer, error, .. } => {
                 // The id is dead: nothing to disconnect.
                 if let Some(i) = self.by_peer.remove(&peer) {

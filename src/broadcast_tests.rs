@@ -251,6 +251,35 @@ fn getdata_by_txid_or_witness_txid_is_answered() {
     }
 }
 
+/// A transaction the codec cannot encode (over the message limit) comes
+/// back in `SendRejected`: that peer fails at once, with the cause.
+#[test]
+fn a_transaction_that_cannot_be_sent_fails_the_peer() {
+    let t0 = Instant::now();
+    let mut b = machine(1, t0);
+    announce(&mut b, 0, true, t0);
+    request(&mut b, 0, t0);
+    let error = crate::wire::WireError::Oversize {
+        command: crate::wire::Command::from_wire(*b"tx\0\0\0\0\0\0\0\0\0\0").expect("valid"),
+        length: 5_000_000,
+        max: 4_000_000,
+    };
+    let rejected =
+        Event::SendRejected { peer: PeerId(0), message: NetworkMessage::Tx(tx()), reason: SendError::Encode(error) };
+    b.handle_event(rejected, t0);
+    assert_eq!(actions(&mut b), [Action::Disconnect(PeerId(0))]);
+    match only_outcome(b) {
+        Err(e @ BroadcastError::NotSent(SendError::Encode(crate::wire::WireError::Oversize { .. }))) => {
+            let chain = crate::error::Report(&e).to_string();
+            assert!(
+                chain.starts_with("the transaction could not be sent: cannot encode message: tx payload"),
+                "{chain}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn reject_fails_the_peer() {
     let t0 = Instant::now();

@@ -178,6 +178,7 @@ mod tests {
             Box::new(BroadcastError::Connect(ConnectError::Io(io_error()))),
             Box::new(BroadcastError::Handshake(DisconnectReason::Codec(payload_error()))),
             Box::new(BroadcastError::Disconnected { stage: Stage::Sent, reason: DisconnectReason::Io(io_error()) }),
+            Box::new(BroadcastError::NotSent(SendError::Encode(payload_error()))),
             #[cfg(feature = "socks")]
             Box::new(crate::socks5::ProxyError {
                 proxy: addr,
