@@ -114,9 +114,9 @@ pub enum BroadcastError {
         /// How far the peer got.
         stage: Stage,
     },
-    /// The transaction could not be sent to the peer: the codec refused
-    /// it (larger than [`Config::max_message_len`](crate::Config::max_message_len),
-    /// for example), or the connection went away with it still held.
+    /// The transaction could not be sent to the peer: the codec refused to
+    /// encode it (larger than [`Config::max_message_len`](crate::Config::max_message_len),
+    /// for example).
     NotSent(SendError),
     /// The broadcast's reactor stopped (its poll failed) before the peer
     /// was done.
@@ -445,7 +445,8 @@ impl Broadcaster {
                 self.states[i] = State::Announced { peer, peer_info, ping, processed_at: None };
             }
             Event::Message { peer, message, .. } => self.on_message(peer, message, now),
-            Event::SendRejected { peer, message: NetworkMessage::Tx(_), reason } => {
+            // Other refusals come with the peer's `Disconnected`, which says why.
+            Event::SendRejected { peer, message: NetworkMessage::Tx(_), reason: reason @ SendError::Encode(_) } => {
                 if let Some(i) = self.index(peer) {
                     self.finish(i, Err(BroadcastError::NotSent(reason)));
                 }
