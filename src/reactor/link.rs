@@ -618,11 +618,14 @@ where
         if self.rx.is_empty() || matches!(self.state, State::Lingering { .. }) {
             return None;
         }
-        let missing = self.rx_frame_len.map_or(READ_CHUNK, |f| f.saturating_sub(self.rx.len()));
-        let want = missing.clamp(1, READ_CHUNK);
+        // The frame's length sizes the read only while that frame is still
+        // incomplete: with decoding paused, complete frames may be waiting,
+        // and a read sized by one of them would be a byte at a time.
+        let frame_len = self.rx_frame_len.filter(|f| *f > self.rx.len());
+        let want = frame_len.map_or(READ_CHUNK, |f| f - self.rx.len()).min(READ_CHUNK);
         let len = self.rx.len();
         pool.fill(&mut self.rx);
-        grow(&mut self.rx, len + want, self.rx_frame_len);
+        grow(&mut self.rx, len + want, frame_len);
         self.rx.resize(len + want, 0);
         let result = read(&mut self.rx[len..]);
         let n = *result.as_ref().unwrap_or(&0);

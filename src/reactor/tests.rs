@@ -18,7 +18,7 @@ use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 
-use super::link::{Closed, Ctx, End, LINGER, Limits, Link, Pool, State};
+use super::link::{Closed, Ctx, End, LINGER, Limits, Link, Pool, READ_CHUNK, State};
 use super::shared::{Closed as GateClosed, Gate, Shared};
 use crate::codec::{Codec, Decoded, Factory, Start, Transport};
 use crate::event::{ConnectError, DisconnectReason, Event, SendError};
@@ -530,6 +530,33 @@ fn messages_queued_during_the_session_handshake_follow_ready_in_order() {
     assert_eq!(messages(&es.events), vec![&inv(1), &inv(2), &inv(3)]);
     assert!(matches!(ec.events.first(), Some(Event::Ready { .. })), "{:?}", ec.events);
     assert_eq!(messages(&ec.events), vec![&inv(10)]);
+}
+
+/// Regression: with decoding paused (our queue over its limit), a frame that
+/// completed in the link's buffer used to size the next read by its own
+/// (reached) length: reads of one byte each, up to the receive limit.
+#[test]
+fn reads_stay_large_while_a_completed_frame_waits_for_decoding() {
+    let mut env = Env::new(Raw::new());
+    env.limits.send_buffer = 1000;
+    let mut link = open(&mut env, Direction::Inbound, codec(TransportPolicy::V1Only), 1);
+    let ping = frame(&NetworkMessage::Ping(1));
+    // Half a frame: its length is known, the rest is awaited.
+    link.handle_input(&ping[..30], &mut env.cx()).expect("valid header");
+    // Our queue goes over its limit: decoding pauses.
+    send(&mut link, &mut env, tx(1, 2000));
+    let mut asked = Vec::new();
+    for chunk in [&ping[30..], &frame(&NetworkMessage::Ping(2))[..]] {
+        let read = link.read_with(&mut env.pool, env.now, |buf| {
+            asked.push(buf.len());
+            buf[..chunk.len()].copy_from_slice(chunk);
+            Ok(chunk.len())
+        });
+        assert_eq!(read.expect("part of a frame is buffered").expect("read"), chunk.len());
+        link.decode_buffered(&mut env.cx()).expect("valid frames");
+    }
+    assert_eq!(asked, [ping.len() - 30, READ_CHUNK], "the missing part, then a full chunk");
+    assert!(messages(&env.events).is_empty(), "nothing decoded while the queue is over its limit");
 }
 
 #[test]
