@@ -139,8 +139,8 @@ fn serve(handle: &Handle, session: bool) -> Result<(), ReactorGone> {
                 // meanwhile. Nothing to retry.
                 println!("rejected peer={peer} cmd={} reason={}", message.command(), Report(&reason))
             }
-            Event::ConnectFailed { peer, addr, error } => {
-                println!("connect-failed peer={peer} addr={addr} error={}", Report(&error))
+            Event::ConnectFailed { peer, target, error } => {
+                println!("connect-failed peer={peer} target={target} error={}", Report(&error))
             }
             _ => {}
         }

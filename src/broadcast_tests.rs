@@ -57,6 +57,8 @@ fn ready(peer: u64, wtxid_relay: bool) -> Event {
     let info = PeerInfo {
         peer: PeerId(peer),
         addr: addr(18444),
+        target: addr(18444).into(),
+        proxy: None,
         local_addr: None,
         direction: Direction::Outbound,
         transport: Transport::V1,
@@ -308,7 +310,7 @@ fn failures_carry_their_stage() {
     let mut b = machine(4, t0);
     // 0: the connection fails.
     let error = ConnectError::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
-    b.handle_event(Event::ConnectFailed { peer: PeerId(0), addr: addr(18444), error }, t0);
+    b.handle_event(Event::ConnectFailed { peer: PeerId(0), target: addr(18444).into(), error }, t0);
     // 1: the handshake fails.
     b.handle_event(Event::Disconnected { peer: PeerId(1), reason: DisconnectReason::PeerClosed }, t0);
     // 2: gone after the inv.
@@ -363,7 +365,10 @@ fn a_gone_reactor_is_its_own_error() {
     let mut b = machine(3, t0);
     b.handle_event(message(0, NetworkMessage::Ping(1)), t0); // before ready: ignored
     announce(&mut b, 1, true, t0);
-    b.handle_event(Event::ConnectFailed { peer: PeerId(2), addr: addr(1), error: ConnectError::Cancelled }, t0);
+    b.handle_event(
+        Event::ConnectFailed { peer: PeerId(2), target: addr(1).into(), error: ConnectError::Cancelled },
+        t0,
+    );
     assert!(actions(&mut b).is_empty(), "a failed connection needs no disconnect");
     b.reactor_gone();
     assert!(b.is_done());

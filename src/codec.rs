@@ -42,8 +42,8 @@
 //! ```
 
 use std::error::Error;
-use std::net::SocketAddr;
 
+use crate::target::Target;
 use crate::types::Direction;
 
 /// What [`Codec::start`] is told about the new connection.
@@ -154,26 +154,30 @@ pub trait Factory: Send + 'static {
     /// The per-connection codec.
     type Codec: Codec;
 
-    /// A codec for a new connection to or from `remote`.
-    fn make(&mut self, direction: Direction, remote: SocketAddr) -> Self::Codec;
+    /// A codec for a new connection to or from `remote`: the target given
+    /// to [`Handle::connect`](crate::Handle::connect) for an outbound
+    /// connection (a name stays a name, also through a proxy), the peer's
+    /// socket address for an inbound one.
+    fn make(&mut self, direction: Direction, remote: &Target) -> Self::Codec;
 
     /// An outbound connection to `remote` ended as `ended` says: a codec to
-    /// reconnect with, silently and under the same peer id, or `None` to
+    /// reconnect with, silently and under the same peer id (by the same
+    /// route: the same proxy, or the same resolved address), or `None` to
     /// report the disconnect. Default: never retry.
-    fn retry(&mut self, _remote: SocketAddr, _ended: &Ended<'_, Self::Codec>) -> Option<Self::Codec> {
+    fn retry(&mut self, _remote: &Target, _ended: &Ended<'_, Self::Codec>) -> Option<Self::Codec> {
         None
     }
 
     /// The first bytes of an outbound connection to `remote`, made with
     /// `codec`, arrived: the peer answers this codec. Default: nothing.
-    fn answered(&mut self, _remote: SocketAddr, _codec: &Self::Codec) {}
+    fn answered(&mut self, _remote: &Target, _codec: &Self::Codec) {}
 }
 
 /// Every cloneable codec is its own factory: each connection gets a clone.
 impl<C: Codec + Clone> Factory for C {
     type Codec = C;
 
-    fn make(&mut self, _direction: Direction, _remote: SocketAddr) -> C {
+    fn make(&mut self, _direction: Direction, _remote: &Target) -> C {
         self.clone()
     }
 }

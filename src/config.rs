@@ -105,6 +105,19 @@ pub struct Config {
     /// Best-chain height announced in `version`; update it at runtime with
     /// [`Handle::set_start_height`](crate::Handle::set_start_height).
     pub start_height: i32,
+    /// A SOCKS5 proxy for every outbound connection (Bitcoin Core's
+    /// `-proxy`). With one set nothing connects directly, the v1 fallback
+    /// retry included, and names ([`Target::Domain`](crate::Target::Domain),
+    /// onion names) are resolved by the proxy, never locally. Default none.
+    #[cfg(feature = "socks")]
+    pub proxy: Option<crate::socks5::Proxy>,
+    /// The SOCKS5 proxy for onion targets (Bitcoin Core's `-onion`), usually
+    /// Tor; when unset, onion targets go through [`proxy`](Config::proxy),
+    /// and without either they fail with
+    /// [`ConnectError::OnionNeedsProxy`](crate::ConnectError::OnionNeedsProxy).
+    /// Default none.
+    #[cfg(feature = "socks")]
+    pub onion_proxy: Option<crate::socks5::Proxy>,
 }
 
 impl Config {
@@ -127,6 +140,10 @@ impl Config {
             transport: TransportPolicy::V2Preferred,
             session: SessionConfig::default(),
             start_height: 0,
+            #[cfg(feature = "socks")]
+            proxy: None,
+            #[cfg(feature = "socks")]
+            onion_proxy: None,
         }
     }
 }

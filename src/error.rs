@@ -182,7 +182,9 @@ mod tests {
             #[cfg(feature = "socks")]
             Box::new(crate::socks5::ProxyError {
                 proxy: addr,
-                kind: crate::socks5::Socks5Error::Reply(crate::socks5::ReplyCode::HostUnreachable),
+                kind: crate::socks5::ProxyFailure::Socks5(crate::socks5::Socks5Error::Reply(
+                    crate::socks5::ReplyCode::HostUnreachable,
+                )),
             }),
         ]
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 pub use crate::types::{Direction, PeerId};
 
 use crate::stack::{Bitcoin, Stack};
+use crate::target::Target;
 use crate::wire::WireError;
 
 /// Something that happened in the reactor. `S` names the message, error and
@@ -33,8 +34,8 @@ pub enum Event<S: Stack = Bitcoin> {
     ConnectFailed {
         /// The id the attempt was given.
         peer: PeerId,
-        /// The address we tried.
-        addr: SocketAddr,
+        /// What we tried to reach, as given to `connect`.
+        target: Target,
         /// Why it failed.
         error: ConnectError,
     },
@@ -97,9 +98,12 @@ where
                 .field("local", local)
                 .field("remote", remote)
                 .finish(),
-            Event::ConnectFailed { peer, addr, error } => {
-                f.debug_struct("ConnectFailed").field("peer", peer).field("addr", addr).field("error", error).finish()
-            }
+            Event::ConnectFailed { peer, target, error } => f
+                .debug_struct("ConnectFailed")
+                .field("peer", peer)
+                .field("target", target)
+                .field("error", error)
+                .finish(),
             Event::Ready { peer, info } => f.debug_struct("Ready").field("peer", peer).field("info", info).finish(),
             Event::Message { peer, message, wire_size } => f
                 .debug_struct("Message")
@@ -125,12 +129,36 @@ where
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The operating system refused or reset the connection.
+    /// The operating system refused or reset the connection. For a
+    /// [`Target::Domain`] reached directly, this is the last address tried.
     Io(io::Error),
-    /// No connection within the configured connect timeout.
+    /// No connection within the configured connect timeout. For a
+    /// [`Target::Domain`] reached directly, the timeout covers the lookup
+    /// and every address tried.
     Timeout(Duration),
     /// We cancelled the attempt with [`Handle::disconnect`](crate::Handle::disconnect).
     Cancelled,
+    /// An onion target, and no proxy is configured to reach it
+    /// ([`Config::onion_proxy`](crate::Config::onion_proxy) or
+    /// [`Config::proxy`](crate::Config::proxy)). Nothing was sent anywhere.
+    OnionNeedsProxy,
+    /// Looking up a [`Target::Domain`] (no proxy is configured) failed.
+    Resolve {
+        /// The name looked up.
+        name: String,
+        /// The resolver's error.
+        source: io::Error,
+    },
+    /// A [`Target::Domain`] (no proxy is configured) resolved to no address.
+    NoAddress {
+        /// The name looked up.
+        name: String,
+    },
+    /// The proxy could not be reached, refused us or the target, or did not
+    /// answer in time. Displayed as the [`ProxyError`](crate::socks5::ProxyError)
+    /// itself, which names the proxy.
+    #[cfg(feature = "socks")]
+    Proxy(crate::socks5::ProxyError),
 }
 
 impl fmt::Display for ConnectError {
@@ -139,6 +167,11 @@ impl fmt::Display for ConnectError {
             ConnectError::Io(_) => f.write_str("connect failed"),
             ConnectError::Timeout(d) => write!(f, "connect timed out after {} ms", d.as_millis()),
             ConnectError::Cancelled => f.write_str("connection attempt cancelled"),
+            ConnectError::OnionNeedsProxy => f.write_str("an onion target needs a proxy, and none is configured"),
+            ConnectError::Resolve { name, .. } => write!(f, "cannot resolve {name}"),
+            ConnectError::NoAddress { name } => write!(f, "{name} resolved to no address"),
+            #[cfg(feature = "socks")]
+            ConnectError::Proxy(e) => write!(f, "{e}"),
         }
     }
 }
@@ -146,7 +179,10 @@ impl fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ConnectError::Io(e) => Some(e),
+            ConnectError::Io(e) | ConnectError::Resolve { source: e, .. } => Some(e),
+            // Displayed in place: its cause comes next.
+            #[cfg(feature = "socks")]
+            ConnectError::Proxy(e) => e.source(),
             _ => None,
         }
     }

@@ -10,7 +10,7 @@
 //! use peerlink::{Config, Event};
 //!
 //! let handle = peerlink::start(Config::new(bitcoin::Network::Regtest))?;
-//! let peer = handle.connect("127.0.0.1:18444".parse()?)?;
+//! let peer = handle.connect("127.0.0.1:18444".parse::<std::net::SocketAddr>()?)?;
 //! handle.send(peer, NetworkMessage::Ping(42))?;
 //! for event in handle.iter() {
 //!     if let Event::Message { message: NetworkMessage::Pong(42), .. } = event {
@@ -90,6 +90,10 @@ mod rng;
 pub mod session;
 #[cfg(feature = "socks")]
 pub mod socks5;
+// Without the feature no proxy can be configured: the handshake is never run.
+#[cfg(not(feature = "socks"))]
+#[allow(dead_code, unreachable_pub)]
+mod socks5;
 pub mod stack;
 pub mod target;
 mod types;

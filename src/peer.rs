@@ -13,8 +13,14 @@ use crate::types::{Direction, PeerId};
 pub struct PeerInfo {
     /// The peer's id.
     pub peer: PeerId,
-    /// The peer's address.
+    /// The other end of the TCP connection: the peer's address, or, for a
+    /// peer reached through a proxy, the proxy's (see `proxy`).
     pub addr: SocketAddr,
+    /// What was dialled, as given to [`Handle::connect`](crate::Handle::connect)
+    /// (a name stays a name); for an inbound peer, its address.
+    pub target: crate::Target,
+    /// The SOCKS5 proxy the connection goes through, if any.
+    pub proxy: Option<SocketAddr>,
     /// Our end of the connection.
     pub local_addr: Option<SocketAddr>,
     /// Who opened the connection.

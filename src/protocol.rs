@@ -253,6 +253,8 @@ impl Protocol for Bitcoin {
         PeerInfo {
             peer: link.peer,
             addr: link.addr,
+            target: link.target,
+            proxy: link.proxy,
             local_addr: link.local_addr,
             direction: link.direction,
             transport: link.transport,

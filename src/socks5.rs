@@ -42,6 +42,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 #[cfg(test)]
 mod tests;
@@ -376,6 +377,124 @@ impl AuthSource {
     }
 }
 
+/// A SOCKS5 proxy to connect through ([`Config::proxy`](crate::Config::proxy),
+/// [`Config::onion_proxy`](crate::Config::onion_proxy)): its address and how
+/// each connection authenticates.
+///
+/// Parsed from `[USER:PASS@]IP:PORT`; without credentials the proxy gets
+/// per-connection credentials ([`ProxyAuth::Isolated`], the default), with
+/// them the same credentials every time ([`ProxyAuth::Fixed`]).
+///
+/// ```
+/// use peerlink::socks5::{Proxy, ProxyAuth};
+///
+/// let tor: Proxy = "127.0.0.1:9050".parse()?;
+/// assert_eq!(tor.auth, ProxyAuth::Isolated);
+/// let fixed: Proxy = "alice:secret@[::1]:1080".parse()?;
+/// assert_eq!(fixed.addr, "[::1]:1080".parse()?);
+/// assert!(matches!(fixed.auth, ProxyAuth::Fixed(ref c) if c.username() == b"alice"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// The proxy's address.
+    pub addr: SocketAddr,
+    /// How connections through it authenticate.
+    pub auth: ProxyAuth,
+}
+
+impl Proxy {
+    /// A proxy at `addr` with stream isolation ([`ProxyAuth::Isolated`]).
+    pub fn new(addr: SocketAddr) -> Proxy {
+        Proxy { addr, auth: ProxyAuth::Isolated }
+    }
+
+    /// The source of each connection's authentication; `seed` is the
+    /// random prefix of isolated credentials.
+    pub fn auth_source(&self, seed: [u8; StreamIsolation::SEED_LEN]) -> AuthSource {
+        match &self.auth {
+            ProxyAuth::Isolated => AuthSource::Isolated(StreamIsolation::new(seed)),
+            ProxyAuth::Fixed(credentials) => AuthSource::Fixed(credentials.clone()),
+            ProxyAuth::None => AuthSource::None,
+        }
+    }
+}
+
+impl std::str::FromStr for Proxy {
+    type Err = ProxyParseError;
+
+    fn from_str(text: &str) -> Result<Proxy, ProxyParseError> {
+        let (auth, addr) = match text.rsplit_once('@') {
+            None => (ProxyAuth::Isolated, text),
+            Some((userinfo, addr)) => {
+                let (user, pass) = userinfo.split_once(':').ok_or(ProxyParseError::MissingPassword)?;
+                let credentials = Credentials::new(user, pass).map_err(ProxyParseError::Credentials)?;
+                (ProxyAuth::Fixed(credentials), addr)
+            }
+        };
+        let addr = addr.parse().map_err(|source| ProxyParseError::Address { text: addr.to_owned(), source })?;
+        Ok(Proxy { addr, auth })
+    }
+}
+
+impl fmt::Display for Proxy {
+    /// The address only: credentials are never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.addr)
+    }
+}
+
+/// How connections through a [`Proxy`] authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProxyAuth {
+    /// Each connection gets its own credentials ([`StreamIsolation`], as
+    /// Bitcoin Core's `-proxyrandomize`), so Tor puts each on its own
+    /// circuit. The default.
+    #[default]
+    Isolated,
+    /// Every connection uses these credentials (one circuit may be shared).
+    Fixed(Credentials),
+    /// No authentication is offered (a proxy that requires it fails every
+    /// connection with [`Socks5Error::NoAcceptableMethod`]).
+    None,
+}
+
+/// Why a `[USER:PASS@]IP:PORT` proxy text was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyParseError {
+    /// The part after `@` (or the whole text) is not `IP:PORT`.
+    Address {
+        /// The text that did not parse.
+        text: String,
+        /// Why.
+        source: std::net::AddrParseError,
+    },
+    /// `USER@` without `:PASS`.
+    MissingPassword,
+    /// The username or password is empty or too long.
+    Credentials(CredentialsError),
+}
+
+impl fmt::Display for ProxyParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyParseError::Address { text, .. } => write!(f, "proxy address {text:?} is not IP:PORT"),
+            ProxyParseError::MissingPassword => f.write_str("proxy credentials must be USER:PASS@"),
+            ProxyParseError::Credentials(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyParseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProxyParseError::Address { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// A non-success code in the proxy's `CONNECT` reply: RFC 1928's 0x01–0x08,
 /// Tor's extended onion-service codes 0xF0–0xF7 (sent when the `SocksPort`
 /// has `ExtendedErrors`), or any other value.
@@ -561,37 +680,38 @@ impl fmt::Display for Socks5Error {
         match self {
             Socks5Error::Version { stage, version } => {
                 let expected = if *stage == Stage::Authentication { AUTH_VERSION } else { VERSION };
-                write!(f, "proxy's {stage} reply has version {version}, not {expected}")
+                write!(f, "{stage} reply has version {version}, not {expected}")
             }
             Socks5Error::NoAcceptableMethod { offered_password: true } => {
-                f.write_str("proxy does not accept username/password authentication")
+                f.write_str("username/password authentication not accepted")
             }
-            Socks5Error::NoAcceptableMethod { offered_password: false } => f.write_str("proxy requires authentication"),
+            Socks5Error::NoAcceptableMethod { offered_password: false } => f.write_str("authentication required"),
             Socks5Error::UnofferedMethod(method) => {
-                write!(f, "proxy chose authentication method {method:#04x}, which was not offered")
+                write!(f, "chose authentication method {method:#04x}, which was not offered")
             }
-            Socks5Error::AuthFailed { .. } => f.write_str("proxy rejected the username and password"),
+            Socks5Error::AuthFailed { .. } => f.write_str("username and password rejected"),
             Socks5Error::Reply(code) => write!(f, "{code}"),
-            Socks5Error::Reserved(byte) => write!(f, "proxy's connect reply has reserved byte {byte:#04x}, not 0"),
-            Socks5Error::AddressType(atyp) => write!(f, "proxy's connect reply has unknown address type {atyp}"),
-            Socks5Error::EmptyName => f.write_str("proxy's connect reply has an empty bound name"),
-            Socks5Error::Closed(stage) => write!(f, "proxy closed the connection during the {stage}"),
+            Socks5Error::Reserved(byte) => write!(f, "connect reply has reserved byte {byte:#04x}, not 0"),
+            Socks5Error::AddressType(atyp) => write!(f, "connect reply has unknown address type {atyp}"),
+            Socks5Error::EmptyName => f.write_str("connect reply has an empty bound name"),
+            Socks5Error::Closed(stage) => write!(f, "closed the connection during the {stage}"),
         }
     }
 }
 
 impl std::error::Error for Socks5Error {}
 
-/// A SOCKS5 failure with the proxy it came from. Its `Display` names the
-/// proxy only; the cause is the [`source`](std::error::Error::source), so
+/// A failure on the way through a proxy, with the proxy it came from. Its
+/// `Display` names the proxy only; the cause is the
+/// [`source`](std::error::Error::source), so
 /// [`Report`](crate::error::Report) prints, for example,
 /// `proxy 127.0.0.1:9050: host unreachable`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ProxyError {
     /// The proxy's address.
     pub proxy: SocketAddr,
     /// What went wrong.
-    pub kind: Socks5Error,
+    pub kind: ProxyFailure,
 }
 
 impl fmt::Display for ProxyError {
@@ -603,6 +723,52 @@ impl fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.kind)
+    }
+}
+
+/// What went wrong with a proxy ([`ProxyError::kind`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProxyFailure {
+    /// The TCP connection to the proxy failed: refused (the proxy is down),
+    /// unreachable, or reset during the handshake.
+    Io(std::io::Error),
+    /// The SOCKS5 exchange failed: the proxy refused us or the target, or
+    /// broke the protocol. Displayed as the [`Socks5Error`] itself.
+    Socks5(Socks5Error),
+    /// The connect deadline passed: before the TCP connection to the proxy
+    /// was up (`stage` is `None`), or while waiting for the proxy's reply
+    /// in `stage`.
+    Timeout {
+        /// The handshake stage that got no answer, if the proxy was reached.
+        stage: Option<Stage>,
+        /// The connect timeout, which covers the whole path.
+        after: Duration,
+    },
+}
+
+impl fmt::Display for ProxyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyFailure::Io(_) => f.write_str("connection to the proxy failed"),
+            ProxyFailure::Socks5(e) => write!(f, "{e}"),
+            ProxyFailure::Timeout { stage: None, after } => {
+                write!(f, "no connection to the proxy within {} ms", after.as_millis())
+            }
+            ProxyFailure::Timeout { stage: Some(stage), after } => {
+                write!(f, "no answer to the {stage} within {} ms", after.as_millis())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProxyFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProxyFailure::Io(e) => Some(e),
+            // The SOCKS5 error is displayed in place, and has no cause.
+            ProxyFailure::Socks5(_) | ProxyFailure::Timeout { .. } => None,
+        }
     }
 }
 
@@ -691,6 +857,14 @@ impl Handshake {
             State::Connect => Stage::Connect,
             State::Connected(_) => Stage::Connected,
             State::Failed(_) => Stage::Failed,
+        }
+    }
+
+    /// The error that ended the handshake, once it failed.
+    pub fn failure(&self) -> Option<&Socks5Error> {
+        match &self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
         }
     }
 

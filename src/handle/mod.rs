@@ -204,17 +204,34 @@ impl<S: Stack> Handle<S> {
         &self.inner.local_addrs
     }
 
-    /// Starts connecting to `addr` and returns the id the peer will have.
+    /// Starts connecting to `target` and returns the id the peer will have.
     ///
-    /// Exactly one of these follows: [`Event::ConnectFailed`] (no TCP
-    /// connection), or the announcement ([`Event::Connected`] in raw mode,
+    /// A target is a socket address, a host name and port, or a Tor onion
+    /// service ([`Target`](crate::Target); a `SocketAddr` converts, and text
+    /// parses with `"HOST:PORT".parse::<Target>()`). The route:
+    /// - with a proxy configured for it ([`Config::proxy`](crate::Config::proxy),
+    ///   or [`Config::onion_proxy`](crate::Config::onion_proxy) for onion
+    ///   targets), through the proxy, which also resolves names: nothing
+    ///   connects directly and no name is looked up locally;
+    /// - else a socket address directly, and a host name after a lookup off
+    ///   the reactor thread, trying each address it resolves to in turn;
+    /// - an onion target without a proxy fails at once
+    ///   ([`ConnectError::OnionNeedsProxy`](crate::ConnectError::OnionNeedsProxy)).
+    ///
+    /// [`Config::connect_timeout`](crate::Config::connect_timeout) covers
+    /// the whole path: the lookup, every address tried, the connect to the
+    /// proxy and the proxy's handshake.
+    ///
+    /// Exactly one of these follows: [`Event::ConnectFailed`] (no connection
+    /// to the peer), or the announcement ([`Event::Connected`] in raw mode,
     /// [`Event::Ready`] in session mode) and later [`Event::Disconnected`],
     /// or [`Event::Disconnected`] alone when the connection ended before the
     /// transport or session handshake completed. Messages sent before the
     /// announcement are held and sent, in order, once the peer is ready.
-    pub fn connect(&self, addr: SocketAddr) -> Result<PeerId, ReactorGone> {
+    pub fn connect(&self, target: impl Into<crate::Target>) -> Result<PeerId, ReactorGone> {
+        let target = target.into();
         let (peer, gate) = self.inner.shared.allocate_peer();
-        if let Err(e) = self.command(Cmd::Connect { peer, addr, gate }) {
+        if let Err(e) = self.command(Cmd::Connect { peer, target, gate }) {
             self.inner.shared.remove_gate(peer);
             return Err(e);
         }

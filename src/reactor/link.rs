@@ -11,8 +11,8 @@
 //!
 //! States:
 //! ```text
-//! Connecting ──connected──▶ Handshake ──transport up (raw) / Ready (session)──▶ Ready
-//!      (outbound only)          │                                                 │
+//! Connecting ──connected──▶ [Proxying ──proxy connected──▶] Handshake ──transport up (raw) / Ready (session)──▶ Ready
+//!      (outbound only)             (SOCKS5 only)               │                                                 │
 //!                               └─────────────── after a flushed disconnect ──────┴──▶ Lingering
 //! ```
 
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::dial::{Dial, Tunnel};
 use crate::codec::{Codec, Decoded, Ended, Factory, Start};
 use crate::error::Report;
 use crate::event::{ConnectError, DisconnectReason, Event, SendError};
@@ -29,6 +30,7 @@ use crate::peer::PeerStats;
 use crate::protocol::{Info, Meta, Msg, Protocol};
 use crate::reactor::shared::Gate;
 use crate::stack::LinkInfo;
+use crate::target::Target;
 use crate::types::{Direction, PeerId, later};
 
 /// How long a flushed connection waits for the peer to close before we
@@ -185,6 +187,9 @@ impl TimerTable {
 pub(crate) enum State {
     /// Outbound TCP connect in progress; nothing is read or written.
     Connecting,
+    /// Connected to the proxy; the SOCKS5 handshake runs. What the codec
+    /// and protocol queued waits for the proxy to connect to the target.
+    Proxying,
     /// Connected; the transport or protocol handshake is running. User
     /// messages are held.
     Handshake,
@@ -218,17 +223,31 @@ impl<S: crate::stack::Stack> From<DisconnectReason<S>> for End<S> {
 pub(crate) enum Closed<C: Codec, M> {
     /// Reported to the user; forget the connection.
     Reported,
-    /// Reconnect to the same address under the same id with `codec` (the
-    /// BIP324 v1 fallback), carrying the held messages and a pending flushed
-    /// close over.
+    /// Reconnect to the same target by the same route under the same id
+    /// with `codec` (the BIP324 v1 fallback), carrying the held messages and
+    /// a pending flushed close over.
     Retry { codec: C, held: VecDeque<M>, after_flush: bool },
+    /// The connect to one address of a resolved name failed: try the next
+    /// one, `dial.rest.pop()`, with a fresh codec, within the same deadline.
+    Next { dial: Dial, held: VecDeque<M>, after_flush: bool },
 }
 
 /// One connection's sans-IO state.
 pub(crate) struct Link<C: Codec, P: Protocol> {
     pub(crate) id: PeerId,
     pub(crate) direction: Direction,
+    /// The other end of the TCP connection: the peer, or the proxy.
     pub(crate) remote: SocketAddr,
+    /// What was dialled (an inbound peer's address).
+    pub(crate) target: Target,
+    /// The proxy the connection goes through.
+    pub(crate) proxy: Option<SocketAddr>,
+    /// The SOCKS5 handshake, until the proxy connected (kept after a
+    /// failure, which it holds).
+    tunnel: Option<Tunnel>,
+    /// Further addresses of a resolved name, and the attempt's deadline.
+    rest: Vec<SocketAddr>,
+    deadline: Option<Instant>,
     pub(crate) local: Option<SocketAddr>,
     state: State,
     /// A flushed disconnect was asked for: no new messages; linger once
@@ -277,7 +296,9 @@ where
 {
     /// A new connection: outbound ones start in `Connecting`, inbound ones
     /// are connected already. The codec's and the protocol's opening bytes
-    /// (a BIP324 key, a `version`) are queued at once.
+    /// (a BIP324 key, a `version`) are queued at once. `dial` says how an
+    /// outbound connection reaches its target (`None`: directly to `remote`
+    /// within the connect timeout).
     #[allow(clippy::too_many_arguments, reason = "each argument is one fact about the new connection")]
     pub(crate) fn new<E: Sink<P>>(
         id: PeerId,
@@ -288,8 +309,19 @@ where
         gate: Arc<Gate>,
         held: VecDeque<Msg<P>>,
         entropy: [u8; 32],
+        dial: Option<Dial>,
         cx: &mut Ctx<'_, P, E>,
     ) -> Result<Self, Reason<P>> {
+        let dial = match (direction, dial) {
+            (Direction::Inbound, _) => None,
+            (Direction::Outbound, dial) => {
+                Some(dial.unwrap_or_else(|| Dial::direct(remote, later(cx.now, cx.limits.connect_timeout))))
+            }
+        };
+        let (target, deadline, rest, tunnel) = match dial {
+            Some(Dial { target, deadline, rest, tunnel }) => (target, Some(deadline), rest, tunnel),
+            None => (Target::Socket(remote), None, Vec::new(), None),
+        };
         let mut tx = Vec::new();
         codec
             .start(&Start::new(direction == Direction::Outbound, entropy), &mut tx)
@@ -299,6 +331,11 @@ where
             id,
             direction,
             remote,
+            target,
+            proxy: tunnel.as_ref().map(|t| t.proxy),
+            tunnel,
+            rest,
+            deadline,
             local,
             state: if direction == Direction::Outbound { State::Connecting } else { State::Handshake },
             after_flush: false,
@@ -328,10 +365,11 @@ where
             cx.proto.closed(&link.proto);
             return Err(e);
         }
-        match direction {
-            // The protocol's clocks start once connected.
-            Direction::Outbound => link.timers.set(Timer::Connect, later(cx.now, cx.limits.connect_timeout)),
-            Direction::Inbound => {
+        match deadline {
+            // The protocol's clocks start once connected; the connect
+            // deadline covers the proxy handshake too.
+            Some(at) => link.timers.set(Timer::Connect, at),
+            None => {
                 link.opened(cx);
                 link.schedule_protocol(cx);
             }
@@ -367,6 +405,7 @@ where
     pub(crate) fn wants_read(&self, limits: &Limits) -> bool {
         match self.state {
             State::Connecting => false,
+            State::Proxying => !self.peer_closed,
             State::Lingering { .. } => true,
             State::Handshake | State::Ready => {
                 !self.peer_closed && (!self.decode_paused || self.rx.len() < limits.receive_buffer)
@@ -385,9 +424,14 @@ where
         self.timers.next()
     }
 
-    /// Bytes to write next (empty when there are none, or while connecting).
+    /// Bytes to write next (empty when there are none, or while connecting;
+    /// the proxy's while proxying).
     pub(crate) fn poll_transmit(&self) -> &[u8] {
-        if self.state == State::Connecting { &[] } else { &self.tx[self.tx_pos..] }
+        match (&self.state, &self.tunnel) {
+            (State::Connecting, _) => &[],
+            (State::Proxying, Some(tunnel)) => tunnel.handshake.poll_transmit(),
+            _ => &self.tx[self.tx_pos..],
+        }
     }
 
     /// True once after the link entered `Lingering`: shut the socket's write
@@ -402,6 +446,16 @@ where
             return;
         }
         self.local = Some(local);
+        if self.tunnel.is_some() {
+            self.state = State::Proxying;
+            return;
+        }
+        self.transport_up(cx);
+    }
+
+    /// The byte stream to the peer is up (directly, or through the proxy):
+    /// the transport and protocol handshakes start.
+    fn transport_up<E: Sink<P>>(&mut self, cx: &mut Ctx<'_, P, E>) {
         self.state = State::Handshake;
         self.timers.clear(Timer::Connect);
         cx.proto.connected(&mut self.proto, cx.now);
@@ -433,6 +487,11 @@ where
             return Err(DisconnectReason::Flushed);
         }
         self.peer_closed = true;
+        if let (State::Proxying, Some(tunnel)) = (self.state, &mut self.tunnel) {
+            // The handshake keeps the failure for `close`.
+            let _ = tunnel.handshake.handle_eof();
+            return Err(DisconnectReason::PeerClosed);
+        }
         self.decode_buffered(cx)
     }
 
@@ -448,6 +507,10 @@ where
     /// `n` bytes of [`poll_transmit`](Link::poll_transmit) were written.
     pub(crate) fn advance<E: Sink<P>>(&mut self, n: usize, cx: &mut Ctx<'_, P, E>) {
         if n == 0 {
+            return;
+        }
+        if let (State::Proxying, Some(tunnel)) = (self.state, &mut self.tunnel) {
+            tunnel.handshake.advance(n);
             return;
         }
         self.tx_pos = (self.tx_pos + n).min(self.tx.len());
@@ -644,13 +707,16 @@ where
 
     /// True once, after the first bytes of an outbound connection arrived:
     /// tell the codec factory its codec was answered.
-    pub(crate) fn poll_answered(&mut self) -> Option<(SocketAddr, &C)> {
-        std::mem::take(&mut self.answered).then_some((self.remote, &self.codec))
+    pub(crate) fn poll_answered(&mut self) -> Option<(&Target, &C)> {
+        std::mem::take(&mut self.answered).then_some((&self.target, &self.codec))
     }
 
     /// Bytes that arrived while nothing was buffered: decoded straight from
     /// `data`, and what is left of an incomplete frame is kept.
     pub(crate) fn handle_input<E: Sink<P>>(&mut self, data: &[u8], cx: &mut Ctx<'_, P, E>) -> Result<(), Reason<P>> {
+        if self.state == State::Proxying {
+            return self.proxy_input(data, cx);
+        }
         self.count_in(data.len(), cx.now);
         if matches!(self.state, State::Lingering { .. }) {
             return Ok(());
@@ -667,6 +733,24 @@ where
         }
         self.arm_frame_timer(cx);
         Ok(())
+    }
+
+    /// The proxy's bytes during the SOCKS5 handshake. Once the proxy has
+    /// connected, the bytes after its reply are the peer's first.
+    fn proxy_input<E: Sink<P>>(&mut self, data: &[u8], cx: &mut Ctx<'_, P, E>) -> Result<(), Reason<P>> {
+        let Some(tunnel) = &mut self.tunnel else { return Ok(()) };
+        match tunnel.handshake.handle_input(data) {
+            Ok(crate::socks5::Progress::Pending) => Ok(()),
+            Ok(crate::socks5::Progress::Connected { bound }) => {
+                log::debug!("peer {}: proxy {} connected to {} (bound {bound})", self.id, tunnel.proxy, self.target);
+                let leftover = tunnel.handshake.take_leftover();
+                self.tunnel = None;
+                self.transport_up(cx);
+                if leftover.is_empty() { Ok(()) } else { self.handle_input(&leftover, cx) }
+            }
+            // The handshake keeps the failure for `close`.
+            Err(_) => Err(DisconnectReason::PeerClosed),
+        }
     }
 
     /// Decodes what this link has buffered (a previous round may have
@@ -827,14 +911,23 @@ where
     {
         cx.proto.closed(&self.proto);
         let reason = match (self.state, end) {
-            (State::Connecting, end) => {
-                let error = match end {
-                    End::ConnectTimeout => ConnectError::Timeout(cx.limits.connect_timeout),
-                    End::Reason(DisconnectReason::Io(e)) => ConnectError::Io(e),
-                    End::Reason(_) => ConnectError::Cancelled,
-                };
+            (State::Connecting | State::Proxying, end) => {
+                let error = self.connect_error(end, cx.limits.connect_timeout);
+                if let ConnectError::Io(e) = &error
+                    && let (Some(deadline), false) = (self.deadline, self.rest.is_empty())
+                    && cx.now < deadline
+                {
+                    log::debug!(
+                        "peer {}: {} ({}) failed: {e}; trying the next address",
+                        self.id,
+                        self.remote,
+                        self.target
+                    );
+                    let dial = Dial { target: self.target, deadline, rest: self.rest, tunnel: None };
+                    return Closed::Next { dial, held: self.held, after_flush: self.after_flush };
+                }
                 self.hand_back_held(cx);
-                cx.events.emit(Event::ConnectFailed { peer: self.id, addr: self.remote, error });
+                cx.events.emit(Event::ConnectFailed { peer: self.id, target: self.target, error });
                 return Closed::Reported;
             }
             (_, End::Reason(reason)) => reason,
@@ -850,7 +943,7 @@ where
         );
         if self.direction == Direction::Outbound && !matches!(self.state, State::Lingering { .. }) {
             let ended = Ended { codec: &self.codec, bytes_in: self.bytes_in, bytes_out: self.bytes_out, silent_close };
-            if let Some(codec) = factory.retry(self.remote, &ended) {
+            if let Some(codec) = factory.retry(&self.target, &ended) {
                 let held = std::mem::take(&mut self.held);
                 return Closed::Retry { codec, held, after_flush: self.after_flush };
             }
@@ -859,6 +952,30 @@ where
         log::debug!("peer {} ({} {}) disconnected: {}", self.id, self.direction, self.remote, Report(&reason));
         cx.events.emit(Event::Disconnected { peer: self.id, reason });
         Closed::Reported
+    }
+
+    /// Why a connection that never reached the peer failed. Through a
+    /// proxy the error names the proxy and the stage.
+    fn connect_error(&mut self, end: End<P::Stack>, timeout: std::time::Duration) -> ConnectError {
+        #[cfg(feature = "socks")]
+        if let Some(tunnel) = &self.tunnel {
+            use crate::socks5::{ProxyError, ProxyFailure, Socks5Error};
+            let stage = (self.state == State::Proxying).then(|| tunnel.handshake.stage());
+            let kind = match end {
+                End::ConnectTimeout => ProxyFailure::Timeout { stage, after: timeout },
+                End::Reason(DisconnectReason::Io(e)) => ProxyFailure::Io(e),
+                End::Reason(DisconnectReason::PeerClosed) => ProxyFailure::Socks5(
+                    tunnel.handshake.failure().cloned().unwrap_or(Socks5Error::Closed(tunnel.handshake.stage())),
+                ),
+                End::Reason(_) => return ConnectError::Cancelled,
+            };
+            return ConnectError::Proxy(ProxyError { proxy: tunnel.proxy, kind });
+        }
+        match end {
+            End::ConnectTimeout => ConnectError::Timeout(timeout),
+            End::Reason(DisconnectReason::Io(e)) => ConnectError::Io(e),
+            End::Reason(_) => ConnectError::Cancelled,
+        }
     }
 
     /// Messages accepted by `send` but never encoded go back to the user.
@@ -872,6 +989,8 @@ where
         let link = LinkInfo {
             peer: self.id,
             addr: self.remote,
+            target: self.target.clone(),
+            proxy: self.proxy,
             local_addr: self.local,
             direction: self.direction,
             transport: self.codec.transport(),

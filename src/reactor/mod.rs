@@ -4,6 +4,7 @@
 //! read (decode), apply user commands (encode), write, each within per-peer
 //! budgets, fire due timers, then sleep in `poll` until the next deadline.
 
+mod dial;
 mod link;
 mod listener;
 mod outbox;
@@ -26,6 +27,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use self::dial::{Dial, Proxies, Resolved, Resolver, Route};
 use self::link::{Closed, End, Limits, Link, READ_CHUNK, State};
 use self::listener::Listeners;
 use self::outbox::Outbox;
@@ -34,10 +36,11 @@ use self::slot::{Env, IdMap, Slot};
 use crate::codec::Factory;
 use crate::config::Config;
 use crate::error::StartError;
-use crate::event::{DisconnectReason, Event, SendError};
+use crate::event::{ConnectError, DisconnectReason, Event, SendError};
 use crate::handle::{Disconnect, Handle};
 use crate::protocol::{CodecFor, Info, Msg, Passthrough, Protocol};
 use crate::stack::Framed;
+use crate::target::Target;
 use crate::types::{Direction, PeerId};
 
 /// Most events sent to the user in one batch.
@@ -75,7 +78,11 @@ where
     let batch_max = config.event_capacity.clamp(1, EVENT_BATCH);
     let (ev_tx, ev_rx) = crossbeam_channel::bounded((config.event_capacity / batch_max).max(1));
     let out = Outbox::new(ev_tx, batch_max, Arc::clone(&shared));
+    let mut rng = crate::rng::Rng::from_os();
     let reactor = Reactor {
+        proxies: Proxies::new(&config, &mut rng),
+        resolver: Resolver::new(Arc::clone(&shared)),
+        resolving: IdMap::default(),
         poll,
         listeners,
         slots: IdMap::default(),
@@ -88,7 +95,7 @@ where
         write_queue: VecDeque::new(),
         timers: BinaryHeap::new(),
         io_budget: config.io_budget,
-        rng: crate::rng::Rng::from_os(),
+        rng,
     };
     let thread = std::thread::Builder::new()
         .name("peerlink-reactor".into())
@@ -113,6 +120,26 @@ struct Reactor<F: Factory, P: Protocol> {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     io_budget: usize,
     rng: crate::rng::Rng,
+    proxies: Proxies,
+    resolver: Resolver,
+    /// Outbound attempts waiting for a host-name lookup.
+    resolving: IdMap<Lookup<Msg<P>>>,
+}
+
+/// An outbound attempt between links: its id, its gate, the messages sent
+/// to it that wait as they would in a link, and a pending flushed close.
+struct Attempt<M> {
+    peer: PeerId,
+    gate: Arc<Gate>,
+    held: VecDeque<M>,
+    after_flush: bool,
+}
+
+/// An outbound attempt waiting for its host-name lookup.
+struct Lookup<M> {
+    target: Target,
+    deadline: Instant,
+    attempt: Attempt<M>,
 }
 
 impl<F, P> Reactor<F, P>
@@ -162,6 +189,7 @@ where
         // commands and writes.
         self.env.out.send_batch();
         self.apply_commands();
+        self.apply_resolved();
         self.serve_writes();
         self.fire_timers();
         self.env.out.send_batch();
@@ -282,7 +310,7 @@ where
             return;
         }
         let local = stream.local_addr().ok();
-        let codec = self.factory.make(Direction::Inbound, remote);
+        let codec = self.factory.make(Direction::Inbound, &Target::Socket(remote));
         let entropy = self.rng.bytes32();
         let link = Link::new(
             peer,
@@ -293,6 +321,7 @@ where
             gate,
             VecDeque::new(),
             entropy,
+            None,
             &mut self.env.cx(),
         );
         match link {
@@ -322,9 +351,10 @@ where
         for _ in 0..COMMAND_BUDGET {
             match self.cmd_rx.try_recv() {
                 Ok(Cmd::Send { peer, message }) => self.send(peer, message),
-                Ok(Cmd::Connect { peer, addr, gate }) => {
-                    let codec = self.factory.make(Direction::Outbound, addr);
-                    self.connect(peer, addr, gate, codec, VecDeque::new(), false);
+                Ok(Cmd::Connect { peer, target, gate }) => {
+                    let deadline = crate::types::later(self.env.now, self.env.limits.connect_timeout);
+                    let attempt = Attempt { peer, gate, held: VecDeque::new(), after_flush: false };
+                    self.dial(attempt, target, None, deadline, None);
                 }
                 Ok(Cmd::Disconnect { peer, mode }) => self.disconnect(peer, mode),
                 Ok(Cmd::Query(query)) => self.answer(query),
@@ -356,6 +386,14 @@ where
     }
 
     fn disconnect(&mut self, peer: PeerId, mode: Disconnect) {
+        if let Some(lookup) = self.resolving.get_mut(&peer.0) {
+            if mode == Disconnect::AfterFlush {
+                lookup.attempt.after_flush = true;
+            } else if let Some(Lookup { target, attempt, .. }) = self.resolving.remove(&peer.0) {
+                self.fail_connect(attempt, target, ConnectError::Cancelled);
+            }
+            return;
+        }
         match mode {
             Disconnect::Now => self.close(peer.0, DisconnectReason::Requested.into()),
             Disconnect::AfterFlush => {
@@ -366,42 +404,111 @@ where
         }
     }
 
-    fn connect(
+    /// Starts (or, for a retry, restarts) an outbound attempt to `target`
+    /// by the route [`Proxies::route`] gives: through the proxy configured
+    /// for it, to `resolved` (the address a retried connection reached), to
+    /// the target's address, or after a lookup.
+    fn dial(
         &mut self,
-        peer: PeerId,
-        addr: SocketAddr,
-        gate: Arc<Gate>,
-        codec: F::Codec,
-        held: VecDeque<Msg<P>>,
-        after_flush: bool,
+        attempt: Attempt<Msg<P>>,
+        target: Target,
+        resolved: Option<SocketAddr>,
+        deadline: Instant,
+        codec: Option<F::Codec>,
     ) {
-        let registered = TcpStream::connect(addr).and_then(|mut stream| {
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            self.poll.registry().register(&mut stream, Token(peer.0 as usize), interest).map(|()| stream)
-        });
-        let entropy = self.rng.bytes32();
-        let mut cx = self.env.cx();
-        let link = match registered {
-            Ok(stream) => Link::new(peer, Direction::Outbound, addr, None, codec, gate, held, entropy, &mut cx)
-                .map(|link| (link, stream))
-                .map_err(|e| crate::event::ConnectError::Io(io::Error::other(e))),
-            Err(e) => Err(crate::event::ConnectError::Io(e)),
+        match self.proxies.route(&target, resolved) {
+            Ok(Route::Connect { addr, tunnel }) => {
+                let dial = Dial { target, deadline, rest: Vec::new(), tunnel };
+                self.connect(attempt, addr, dial, codec);
+            }
+            Ok(Route::Resolve(name, port)) => {
+                let peer = attempt.peer;
+                self.resolver.lookup(peer, name, port);
+                self.timers.push(Reverse((deadline, peer.0)));
+                self.resolving.insert(peer.0, Lookup { target, deadline, attempt });
+            }
+            Err(error) => self.fail_connect(attempt, target, error),
+        }
+    }
+
+    /// Opens the TCP connection to `addr` for `dial`, moving on to the
+    /// next resolved address if the connect call itself fails.
+    fn connect(&mut self, attempt: Attempt<Msg<P>>, mut addr: SocketAddr, mut dial: Dial, codec: Option<F::Codec>) {
+        let peer = attempt.peer;
+        let stream = loop {
+            let registered = TcpStream::connect(addr).and_then(|mut stream| {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                self.poll.registry().register(&mut stream, Token(peer.0 as usize), interest).map(|()| stream)
+            });
+            match (registered, dial.rest.pop()) {
+                (Ok(stream), _) => break stream,
+                (Err(e), Some(next)) => {
+                    log::debug!("peer {peer}: connect to {addr} ({}) failed: {e}; trying {next}", dial.target);
+                    addr = next;
+                }
+                (Err(e), None) => {
+                    let error = dial.io_error(e);
+                    return self.fail_connect(attempt, dial.target, error);
+                }
+            }
         };
-        match link {
-            Ok((mut link, stream)) => {
+        let codec = codec.unwrap_or_else(|| self.factory.make(Direction::Outbound, &dial.target));
+        let entropy = self.rng.bytes32();
+        let Attempt { peer, gate, held, after_flush } = attempt;
+        let mut cx = self.env.cx();
+        match Link::new(peer, Direction::Outbound, addr, None, codec, gate, held, entropy, Some(dial), &mut cx) {
+            Ok(mut link) => {
                 if after_flush {
                     link.close_after_flush(&mut cx);
                 }
                 self.insert(link, stream, false);
             }
-            Err(error) => {
+            Err(e) => {
+                let mut stream = stream;
+                let _ = self.poll.registry().deregister(&mut stream);
                 self.shared.remove_gate(peer);
-                cx.events.emit(Event::ConnectFailed { peer, addr, error });
+                let error = ConnectError::Io(io::Error::other(crate::error::Report(&e).to_string()));
+                cx.events.emit(Event::ConnectFailed { peer, target: Target::Socket(addr), error });
+            }
+        }
+    }
+
+    /// Reports an attempt that ends before it has a link.
+    fn fail_connect(&mut self, attempt: Attempt<Msg<P>>, target: Target, error: ConnectError) {
+        let Attempt { peer, gate: _, held, after_flush: _ } = attempt;
+        self.shared.remove_gate(peer);
+        for message in held {
+            self.env.out.emit(Event::SendRejected { peer, message, reason: SendError::Disconnected });
+        }
+        self.env.out.emit(Event::ConnectFailed { peer, target, error });
+    }
+
+    /// Lookups that finished: connect to the first address, keeping the
+    /// others for if it fails.
+    fn apply_resolved(&mut self) {
+        while let Ok(Resolved { peer, result }) = self.resolver.done.try_recv() {
+            // Gone if cancelled or timed out meanwhile.
+            let Some(Lookup { target, deadline, attempt }) = self.resolving.remove(&peer.0) else { continue };
+            let name = target.host();
+            match result {
+                Ok(mut addrs) if !addrs.is_empty() => {
+                    log::debug!("peer {peer}: {name} resolved to {addrs:?}");
+                    let first = addrs.remove(0);
+                    addrs.reverse();
+                    let dial = Dial { target, deadline, rest: addrs, tunnel: None };
+                    self.connect(attempt, first, dial, None);
+                }
+                Ok(_) => self.fail_connect(attempt, target, ConnectError::NoAddress { name }),
+                Err(source) => self.fail_connect(attempt, target, ConnectError::Resolve { name, source }),
             }
         }
     }
 
     fn send(&mut self, peer: PeerId, message: Msg<P>) {
+        if let Some(lookup) = self.resolving.get_mut(&peer.0) {
+            lookup.attempt.held.push_back(message);
+            return;
+        }
         let Some(slot) = self.slots.get_mut(&peer.0) else {
             self.env.out.emit(Event::SendRejected { peer, message, reason: SendError::UnknownPeer });
             return;
@@ -461,7 +568,15 @@ where
                 break;
             }
             self.timers.pop();
-            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            let Some(slot) = self.slots.get_mut(&id) else {
+                if self.resolving.get(&id).is_some_and(|lookup| lookup.deadline <= at)
+                    && let Some(Lookup { target, attempt, .. }) = self.resolving.remove(&id)
+                {
+                    // The lookup took the whole connect timeout.
+                    self.fail_connect(attempt, target, ConnectError::Timeout(self.env.limits.connect_timeout));
+                }
+                continue;
+            };
             if slot.timer_at != Some(at) {
                 continue; // superseded by an earlier deadline
             }
@@ -474,7 +589,9 @@ where
         // Entries of closed links and superseded deadlines pile up under
         // connection churn: rebuild from the live deadlines now and then.
         if self.timers.len() > 2 * self.slots.len() + 1024 {
-            self.timers = self.slots.iter().filter_map(|(id, s)| Some(Reverse((s.timer_at?, *id)))).collect();
+            let links = self.slots.iter().filter_map(|(id, s)| Some(Reverse((s.timer_at?, *id))));
+            let lookups = self.resolving.iter().map(|(id, lookup)| Reverse((lookup.deadline, *id)));
+            self.timers = links.chain(lookups).collect();
         }
     }
 
@@ -484,11 +601,24 @@ where
     fn close(&mut self, id: u64, end: End<P::Stack>) {
         let Some(mut slot) = self.slots.remove(&id) else { return };
         let _ = self.poll.registry().deregister(&mut slot.stream);
-        let (peer, addr, direction) = (slot.link.id, slot.link.remote, slot.link.direction);
+        let (peer, direction) = (slot.link.id, slot.link.direction);
+        // A retry goes back to the address reached, unless by proxy.
+        let reached = slot.link.proxy.is_none().then_some(slot.link.remote);
+        let target = slot.link.target.clone();
         let gate = Arc::clone(slot.link.gate());
         self.env.proto_out.clear();
         match slot.link.close(end, &mut self.factory, &mut self.env.cx()) {
-            Closed::Retry { codec, held, after_flush } => self.connect(peer, addr, gate, codec, held, after_flush),
+            Closed::Retry { codec, held, after_flush } => {
+                let deadline = crate::types::later(self.env.now, self.env.limits.connect_timeout);
+                self.dial(Attempt { peer, gate, held, after_flush }, target, reached, deadline, Some(codec));
+            }
+            Closed::Next { mut dial, held, after_flush } => {
+                let attempt = Attempt { peer, gate, held, after_flush };
+                match dial.rest.pop() {
+                    Some(addr) => self.connect(attempt, addr, dial, None),
+                    None => self.fail_connect(attempt, dial.target, ConnectError::Cancelled),
+                }
+            }
             Closed::Reported => {
                 self.shared.remove_gate(peer);
                 if direction == Direction::Inbound {

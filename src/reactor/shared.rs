@@ -2,7 +2,6 @@
 //! commands and queries, per-peer send gates, and flags and counters.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
@@ -14,7 +13,7 @@ use crate::peer::PeerStats;
 use crate::types::PeerId;
 
 pub(crate) enum Cmd<M, I> {
-    Connect { peer: PeerId, addr: SocketAddr, gate: Arc<Gate> },
+    Connect { peer: PeerId, target: crate::Target, gate: Arc<Gate> },
     Send { peer: PeerId, message: M },
     Disconnect { peer: PeerId, mode: Disconnect },
     Query(Query<I>),

@@ -716,7 +716,7 @@ impl<P: Wire> Pair<P> {
 
     /// Opens the client's link (connecting).
     fn start(&mut self, rng: &mut Rng) {
-        let codec = self.client.factory.make(Direction::Outbound, server_addr(self.index));
+        let codec = self.client.factory.make(Direction::Outbound, &server_addr(self.index).into());
         let gate = Arc::new(Gate::new(self.client.max_in_flight));
         let link = Link::new(
             CLIENT_ID,
@@ -727,6 +727,7 @@ impl<P: Wire> Pair<P> {
             gate,
             VecDeque::new(),
             rng.bytes32(),
+            None,
             &mut self.client.env.cx(),
         )
         .unwrap_or_else(|e| self.fail(format!("client link refused to start: {e:?}")));
@@ -740,7 +741,7 @@ impl<P: Wire> Pair<P> {
         self.conns.push(Conn { c2s: Pipe::new(self.pipe_params, now), s2c: Pipe::new(self.pipe_params, now) });
         let id = PeerId(self.next_server_id);
         self.next_server_id += 1;
-        let codec = self.server.factory.make(Direction::Inbound, client_addr(self.index));
+        let codec = self.server.factory.make(Direction::Inbound, &client_addr(self.index).into());
         let gate = Arc::new(Gate::new(self.server.max_in_flight));
         self.server.env.now = now;
         let link = Link::new(
@@ -752,6 +753,7 @@ impl<P: Wire> Pair<P> {
             gate,
             VecDeque::new(),
             rng.bytes32(),
+            None,
             &mut self.server.env.cx(),
         )
         .unwrap_or_else(|e| self.fail(format!("server link refused to start: {e:?}")));
@@ -882,6 +884,7 @@ impl<P: Wire> Pair<P> {
                     gate,
                     held,
                     rng.bytes32(),
+                    None,
                     &mut self.client.env.cx(),
                 )
                 .unwrap_or_else(|e| self.fail(format!("retry refused to start: {e:?}")));
@@ -893,6 +896,7 @@ impl<P: Wire> Pair<P> {
                 self.pending_connect = Some(now + ms(rng.range(1, 200)));
                 self.note(now, format!("client retries as v1 with {} held, after_flush {after_flush}", carried.len()));
             }
+            Closed::Next { dial, .. } => self.fail(format!("{who:?} link {id} moved on to another address: {dial:?}")),
         }
     }
 

@@ -111,7 +111,7 @@ fn open<P: Wire>(env: &mut Env<P>, direction: Direction, codec: BitcoinCodec, id
     let local = (direction == Direction::Inbound).then(local);
     let gate = Arc::new(Gate::new(64));
     let entropy = [id as u8; 32];
-    Link::new(PeerId(id), direction, remote(), local, codec, gate, VecDeque::new(), entropy, &mut env.cx())
+    Link::new(PeerId(id), direction, remote(), local, codec, gate, VecDeque::new(), entropy, None, &mut env.cx())
         .expect("the link starts")
 }
 
@@ -468,10 +468,10 @@ fn connect_timer_fails_the_attempt() {
     match env.events.as_slice() {
         [
             Event::SendRejected { message: NetworkMessage::Ping(1), reason: SendError::Disconnected, .. },
-            Event::ConnectFailed { peer, addr, error: ConnectError::Timeout(d) },
+            Event::ConnectFailed { peer, target, error: ConnectError::Timeout(d) },
         ] => {
             assert_eq!(*peer, PeerId(1));
-            assert_eq!(*addr, remote());
+            assert_eq!(*target, remote().into());
             assert_eq!(*d, connect);
         }
         other => panic!("expected the held message back, then ConnectFailed: {other:?}"),
@@ -641,7 +641,7 @@ fn writable_is_reported_once_when_the_gate_reopens() {
 fn silent_v2_peer_is_retried_as_v1_with_the_held_messages() {
     let mut factory = BitcoinFactory::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
     let mut env = Env::new(Raw::new());
-    let codec = factory.make(Direction::Outbound, remote());
+    let codec = factory.make(Direction::Outbound, &remote().into());
     let mut link = open(&mut env, Direction::Outbound, codec, 1);
     send(&mut link, &mut env, NetworkMessage::Ping(1));
     link.handle_connected(local(), &mut env.cx());
@@ -656,10 +656,10 @@ fn silent_v2_peer_is_retried_as_v1_with_the_held_messages() {
     assert_eq!(codec.transport(), Transport::V1);
     assert_eq!(held, VecDeque::from([NetworkMessage::Ping(1), NetworkMessage::Ping(2)]));
     assert!(!after_flush);
-    assert!(!factory.is_v1_only(&remote()), "remembered only once the v1 retry is answered");
+    assert!(!factory.is_v1_only(&remote().into()), "remembered only once the v1 retry is answered");
     // Reconnected as the reactor does, the held messages go out as v1 frames.
     let mut link: Link<BitcoinCodec, Raw> =
-        Link::new(PeerId(1), Direction::Outbound, remote(), None, codec, gate, held, [1; 32], &mut env.cx())
+        Link::new(PeerId(1), Direction::Outbound, remote(), None, codec, gate, held, [1; 32], None, &mut env.cx())
             .expect("the retry starts");
     link.handle_connected(local(), &mut env.cx());
     assert!(matches!(env.events.as_slice(), [Event::Connected { peer: PeerId(1), .. }]));
@@ -674,14 +674,14 @@ fn silent_v2_peer_is_retried_as_v1_with_the_held_messages() {
     let (addr, codec) = link.poll_answered().expect("first bytes arrived");
     factory.answered(addr, codec);
     assert!(link.poll_answered().is_none(), "reported once");
-    assert!(factory.is_v1_only(&remote()), "the next connection starts as v1");
+    assert!(factory.is_v1_only(&remote().into()), "the next connection starts as v1");
 }
 
 #[test]
 fn v1_only_link_reports_the_silent_close() {
     let mut factory = BitcoinFactory::new(Network::Regtest, TransportPolicy::V1Only, MAX_PROTOCOL_MESSAGE_LENGTH);
     let mut env = Env::new(Raw::new());
-    let codec = factory.make(Direction::Outbound, remote());
+    let codec = factory.make(Direction::Outbound, &remote().into());
     let mut link = open(&mut env, Direction::Outbound, codec, 1);
     link.handle_connected(local(), &mut env.cx());
     send(&mut link, &mut env, NetworkMessage::Ping(1));
@@ -692,14 +692,14 @@ fn v1_only_link_reports_the_silent_close() {
         env.events.as_slice(),
         [Event::Connected { .. }, Event::Disconnected { peer: PeerId(1), reason: DisconnectReason::PeerClosed }]
     ));
-    assert!(!factory.is_v1_only(&remote()));
+    assert!(!factory.is_v1_only(&remote().into()));
 }
 
 #[test]
 fn v2_only_link_reports_the_silent_close_and_hands_back_held_messages() {
     let mut factory = BitcoinFactory::new(Network::Regtest, TransportPolicy::V2Only, MAX_PROTOCOL_MESSAGE_LENGTH);
     let mut env = Env::new(Raw::new());
-    let codec = factory.make(Direction::Outbound, remote());
+    let codec = factory.make(Direction::Outbound, &remote().into());
     let mut link = open(&mut env, Direction::Outbound, codec, 1);
     link.handle_connected(local(), &mut env.cx());
     send(&mut link, &mut env, NetworkMessage::Ping(1));
@@ -719,7 +719,7 @@ fn v2_only_link_reports_the_silent_close_and_hands_back_held_messages() {
 fn v2_preferred_link_that_heard_back_is_not_retried() {
     let mut factory = BitcoinFactory::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
     let mut env = Env::new(Raw::new());
-    let codec = factory.make(Direction::Outbound, remote());
+    let codec = factory.make(Direction::Outbound, &remote().into());
     let mut link = open(&mut env, Direction::Outbound, codec, 1);
     link.handle_connected(local(), &mut env.cx());
     take(&mut link, &mut env);
@@ -730,7 +730,7 @@ fn v2_preferred_link_that_heard_back_is_not_retried() {
     let closed = link.close(End::Reason(DisconnectReason::PeerClosed), &mut factory, &mut env.cx());
     assert!(matches!(closed, Closed::Reported));
     assert!(matches!(env.events.as_slice(), [Event::Disconnected { reason: DisconnectReason::PeerClosed, .. }]));
-    assert!(!factory.is_v1_only(&remote()));
+    assert!(!factory.is_v1_only(&remote().into()));
 }
 
 /// A responder's first bytes: its key, then its garbage.

@@ -238,7 +238,7 @@ fn every_reply_code_maps_to_a_typed_readable_error() {
         assert!(e.source().is_none());
         assert_eq!(code.code(), byte);
         assert_eq!(ReplyCode::from_code(byte), Some(code));
-        let wrapped = ProxyError { proxy: addr("127.0.0.1:9050"), kind: e };
+        let wrapped = ProxyError { proxy: addr("127.0.0.1:9050"), kind: ProxyFailure::Socks5(e) };
         assert_eq!(Report(&wrapped).to_string(), format!("proxy 127.0.0.1:9050: {text}"));
     }
     assert_eq!(ReplyCode::from_code(0x00), None);
@@ -267,12 +267,15 @@ fn a_failure_code_fails_at_once_and_stays_failed() {
 
 #[test]
 fn proxy_error_names_the_proxy_and_not_its_source() {
-    let e = ProxyError { proxy: addr("127.0.0.1:9050"), kind: Socks5Error::Reply(ReplyCode::HostUnreachable) };
+    let e = ProxyError {
+        proxy: addr("127.0.0.1:9050"),
+        kind: ProxyFailure::Socks5(Socks5Error::Reply(ReplyCode::HostUnreachable)),
+    };
     assert_eq!(e.to_string(), "proxy 127.0.0.1:9050");
     assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("host unreachable"));
     assert_eq!(Report(&e).to_string(), "proxy 127.0.0.1:9050: host unreachable");
-    let e = ProxyError { proxy: addr("[::1]:9050"), kind: Socks5Error::AuthFailed { status: 1 } };
-    assert_eq!(Report(&e).to_string(), "proxy [::1]:9050: proxy rejected the username and password");
+    let e = ProxyError { proxy: addr("[::1]:9050"), kind: ProxyFailure::Socks5(Socks5Error::AuthFailed { status: 1 }) };
+    assert_eq!(Report(&e).to_string(), "proxy [::1]:9050: username and password rejected");
 }
 
 fn greeting_reply(auth: Auth, reply: &str) -> Result<Progress, Socks5Error> {
@@ -291,22 +294,22 @@ fn method_selection_errors() {
     let password = || Auth::Password(creds("u", "p"));
     let e = greeting_reply(Auth::None, "05ff").expect_err("no acceptable method");
     assert_eq!(e, Socks5Error::NoAcceptableMethod { offered_password: false });
-    assert_eq!(e.to_string(), "proxy requires authentication");
+    assert_eq!(e.to_string(), "authentication required");
     let e = greeting_reply(password(), "05ff").expect_err("no acceptable method");
     assert_eq!(e, Socks5Error::NoAcceptableMethod { offered_password: true });
-    assert_eq!(e.to_string(), "proxy does not accept username/password authentication");
+    assert_eq!(e.to_string(), "username/password authentication not accepted");
     // Choosing a method we did not offer: password when we have none, no
     // authentication when we offered credentials (which would silently drop
     // stream isolation), or GSSAPI.
     let e = greeting_reply(Auth::None, "0502").expect_err("unoffered");
     assert_eq!(e, Socks5Error::UnofferedMethod(0x02));
-    assert_eq!(e.to_string(), "proxy chose authentication method 0x02, which was not offered");
+    assert_eq!(e.to_string(), "chose authentication method 0x02, which was not offered");
     assert_eq!(greeting_reply(password(), "0500"), Err(Socks5Error::UnofferedMethod(0x00)));
     assert_eq!(greeting_reply(password(), "0501"), Err(Socks5Error::UnofferedMethod(0x01)));
     // A SOCKS4 answer fails on its first byte.
     let e = greeting_reply(Auth::None, "04").expect_err("wrong version");
     assert_eq!(e, Socks5Error::Version { stage: Stage::Greeting, version: 4 });
-    assert_eq!(e.to_string(), "proxy's method selection reply has version 4, not 5");
+    assert_eq!(e.to_string(), "method selection reply has version 4, not 5");
     // An HTTP proxy's answer too.
     assert_eq!(
         greeting_reply(Auth::None, "485454502f312e31"),
@@ -326,11 +329,11 @@ fn auth_reply(reply: &str) -> Result<Progress, Socks5Error> {
 fn authentication_errors() {
     let e = auth_reply("0101").expect_err("rejected");
     assert_eq!(e, Socks5Error::AuthFailed { status: 1 });
-    assert_eq!(e.to_string(), "proxy rejected the username and password");
+    assert_eq!(e.to_string(), "username and password rejected");
     assert_eq!(auth_reply("01ff"), Err(Socks5Error::AuthFailed { status: 0xff }));
     let e = auth_reply("0500").expect_err("wrong sub-negotiation version");
     assert_eq!(e, Socks5Error::Version { stage: Stage::Authentication, version: 5 });
-    assert_eq!(e.to_string(), "proxy's authentication reply has version 5, not 1");
+    assert_eq!(e.to_string(), "authentication reply has version 5, not 1");
     assert_eq!(auth_reply("0100"), Ok(Progress::Pending));
 }
 
@@ -342,18 +345,18 @@ fn connect_reply(reply: &str) -> Result<Progress, Socks5Error> {
 fn malformed_connect_replies() {
     let e = connect_reply("04000001").expect_err("wrong version");
     assert_eq!(e, Socks5Error::Version { stage: Stage::Connect, version: 4 });
-    assert_eq!(e.to_string(), "proxy's connect request reply has version 4, not 5");
+    assert_eq!(e.to_string(), "connect request reply has version 4, not 5");
     let e = connect_reply("05000101").expect_err("reserved byte");
     assert_eq!(e, Socks5Error::Reserved(1));
-    assert_eq!(e.to_string(), "proxy's connect reply has reserved byte 0x01, not 0");
+    assert_eq!(e.to_string(), "connect reply has reserved byte 0x01, not 0");
     let e = connect_reply("05000002").expect_err("address type 2");
     assert_eq!(e, Socks5Error::AddressType(2));
-    assert_eq!(e.to_string(), "proxy's connect reply has unknown address type 2");
+    assert_eq!(e.to_string(), "connect reply has unknown address type 2");
     assert_eq!(connect_reply("05000000"), Err(Socks5Error::AddressType(0)));
     assert_eq!(connect_reply("050000ff"), Err(Socks5Error::AddressType(0xff)));
     let e = connect_reply("0500000300").expect_err("empty name");
     assert_eq!(e, Socks5Error::EmptyName);
-    assert_eq!(e.to_string(), "proxy's connect reply has an empty bound name");
+    assert_eq!(e.to_string(), "connect reply has an empty bound name");
     // Incomplete but valid so far.
     assert_eq!(connect_reply("050000"), Ok(Progress::Pending));
     assert_eq!(connect_reply("0500000301"), Ok(Progress::Pending));
@@ -365,19 +368,19 @@ fn eof_before_connected_names_the_stage() {
     let mut h = Handshake::new(Target::Addr(addr("127.0.0.1:8333")), Auth::None);
     let e = h.handle_eof().expect_err("closed");
     assert_eq!(e, Socks5Error::Closed(Stage::Greeting));
-    assert_eq!(e.to_string(), "proxy closed the connection during the method selection");
+    assert_eq!(e.to_string(), "closed the connection during the method selection");
     assert_eq!(h.handle_input(&hex("0500")), Err(e));
 
     let mut h = Handshake::new(Target::Addr(addr("127.0.0.1:8333")), Auth::Password(creds("u", "p")));
     h.handle_input(&hex("0502")).expect("accepted");
     let e = h.handle_eof().expect_err("closed");
-    assert_eq!(e.to_string(), "proxy closed the connection during the authentication");
+    assert_eq!(e.to_string(), "closed the connection during the authentication");
 
     let mut h = connected_v4();
     h.handle_input(&hex("050000")).expect("valid so far");
     let e = h.handle_eof().expect_err("closed");
     assert_eq!(e, Socks5Error::Closed(Stage::Connect));
-    assert_eq!(e.to_string(), "proxy closed the connection during the connect request");
+    assert_eq!(e.to_string(), "closed the connection during the connect request");
 
     let mut h = connected_v4();
     h.handle_input(&hex("05000001000000000000")).expect("connected");

@@ -18,6 +18,7 @@ pub use v1::V1Codec;
 pub use v2::{V2Codec, V2HandshakeError};
 
 use crate::codec::{Codec, Decoded, Ended, Factory, Start, Transport};
+use crate::target::Target;
 use crate::types::Direction;
 use bitcoin::p2p::message::NetworkMessage;
 
@@ -146,11 +147,11 @@ pub const V1_CACHE_LEN: usize = 1024;
 pub struct BitcoinFactory {
     prototype: BitcoinCodec,
     /// Addresses that fell back to v1, oldest first; at most [`V1_CACHE_LEN`].
-    v1_peers: std::collections::HashSet<std::net::SocketAddr>,
-    v1_order: std::collections::VecDeque<std::net::SocketAddr>,
+    v1_peers: std::collections::HashSet<Target>,
+    v1_order: std::collections::VecDeque<Target>,
     /// Addresses retried as v1 whose retry has not been answered yet; at
     /// most [`V1_CACHE_LEN`] (the oldest are forgotten).
-    retried: std::collections::VecDeque<std::net::SocketAddr>,
+    retried: std::collections::VecDeque<Target>,
 }
 
 impl BitcoinFactory {
@@ -165,12 +166,12 @@ impl BitcoinFactory {
     }
 
     /// Whether `addr` is remembered as a v1-only peer.
-    pub fn is_v1_only(&self, addr: &std::net::SocketAddr) -> bool {
+    pub fn is_v1_only(&self, addr: &Target) -> bool {
         self.v1_peers.contains(addr)
     }
 
-    fn remember_v1(&mut self, addr: std::net::SocketAddr) {
-        if self.v1_peers.insert(addr) {
+    fn remember_v1(&mut self, addr: Target) {
+        if self.v1_peers.insert(addr.clone()) {
             self.v1_order.push_back(addr);
             if self.v1_order.len() > V1_CACHE_LEN
                 && let Some(old) = self.v1_order.pop_front()
@@ -184,33 +185,33 @@ impl BitcoinFactory {
 impl Factory for BitcoinFactory {
     type Codec = BitcoinCodec;
 
-    fn make(&mut self, direction: Direction, remote: std::net::SocketAddr) -> BitcoinCodec {
+    fn make(&mut self, direction: Direction, remote: &Target) -> BitcoinCodec {
         let fresh = self.prototype.fresh();
-        if direction == Direction::Outbound && self.v1_peers.contains(&remote) {
+        if direction == Direction::Outbound && self.v1_peers.contains(remote) {
             return fresh.v1_variant().unwrap_or(fresh);
         }
         fresh
     }
 
-    fn retry(&mut self, remote: std::net::SocketAddr, ended: &Ended<'_, BitcoinCodec>) -> Option<BitcoinCodec> {
+    fn retry(&mut self, remote: &Target, ended: &Ended<'_, BitcoinCodec>) -> Option<BitcoinCodec> {
         let codec = ended.codec.fallback(ended)?;
         log::debug!("{remote} sent nothing back to v2 (or answered in v1): retrying as v1");
-        if !self.retried.contains(&remote) {
+        if !self.retried.contains(remote) {
             if self.retried.len() == V1_CACHE_LEN {
                 self.retried.pop_front();
             }
-            self.retried.push_back(remote);
+            self.retried.push_back(remote.clone());
         }
         Some(codec)
     }
 
-    fn answered(&mut self, remote: std::net::SocketAddr, codec: &BitcoinCodec) {
+    fn answered(&mut self, remote: &Target, codec: &BitcoinCodec) {
         if codec.transport() != Transport::V1 {
             return;
         }
-        if let Some(i) = self.retried.iter().position(|a| *a == remote) {
+        if let Some(i) = self.retried.iter().position(|a| a == remote) {
             self.retried.remove(i);
-            self.remember_v1(remote);
+            self.remember_v1(remote.clone());
         }
     }
 }

@@ -134,9 +134,9 @@ fn connect_to_closed_port_fails_with_io_error() {
     let client = client();
     let id = client.connect(closed).unwrap();
     wait_for(&client, |e| match e {
-        Event::ConnectFailed { peer, addr, error } => {
+        Event::ConnectFailed { peer, target, error } => {
             assert_eq!(peer, id);
-            assert_eq!(addr, closed);
+            assert_eq!(target, closed.into());
             assert!(matches!(error, ConnectError::Io(_)), "{error:?}");
             Some(())
         }

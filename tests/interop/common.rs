@@ -197,7 +197,7 @@ pub fn wait_for<T>(handle: &Handle, what: &str, mut pick: impl FnMut(&Event) -> 
 pub fn wait_ready(handle: &Handle, what: &str) -> (PeerId, PeerInfo) {
     wait_for(handle, what, |event| match event {
         Event::Ready { peer, info } => Some((*peer, (**info).clone())),
-        Event::ConnectFailed { addr, error, .. } => panic!("{what}: connecting to {addr} failed: {error}"),
+        Event::ConnectFailed { target, error, .. } => panic!("{what}: connecting to {target} failed: {error}"),
         Event::Disconnected { peer, reason } => panic!("{what}: peer {peer} disconnected: {reason}"),
         _ => None,
     })

@@ -1282,23 +1282,23 @@ fn factory_remembers_v1_peers_and_bounds_its_cache() {
     use crate::codec::Factory;
     let mut factory = BitcoinFactory::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
     let addr = |i: u32| std::net::SocketAddr::from((std::net::Ipv4Addr::from(0x7f00_0000 | i), 8333));
-    let first = factory.make(Direction::Outbound, addr(1));
+    let first = factory.make(Direction::Outbound, &addr(1).into());
     assert!(matches!(first.transport(), Transport::V2 { .. }), "v2 first");
-    let retry = factory.retry(addr(1), &silent(&first)).expect("silent v2 attempt is retried");
+    let retry = factory.retry(&addr(1).into(), &silent(&first)).expect("silent v2 attempt is retried");
     assert_eq!(retry.transport(), Transport::V1);
-    assert!(!factory.is_v1_only(&addr(1)), "not remembered before the v1 retry is answered");
-    factory.answered(addr(1), &retry);
-    assert!(factory.is_v1_only(&addr(1)));
-    assert_eq!(factory.make(Direction::Outbound, addr(1)).transport(), Transport::V1, "cached: v1 at once");
+    assert!(!factory.is_v1_only(&addr(1).into()), "not remembered before the v1 retry is answered");
+    factory.answered(&addr(1).into(), &retry);
+    assert!(factory.is_v1_only(&addr(1).into()));
+    assert_eq!(factory.make(Direction::Outbound, &addr(1).into()).transport(), Transport::V1, "cached: v1 at once");
     // Inbound connections from a cached address still detect the transport.
-    assert!(matches!(factory.make(Direction::Inbound, addr(1)).transport(), Transport::V2 { .. }));
+    assert!(matches!(factory.make(Direction::Inbound, &addr(1).into()).transport(), Transport::V2 { .. }));
     for i in 2..=(V1_CACHE_LEN as u32 + 1) {
-        let codec = factory.make(Direction::Outbound, addr(i));
-        let retry = factory.retry(addr(i), &silent(&codec)).expect("retried");
-        factory.answered(addr(i), &retry);
+        let codec = factory.make(Direction::Outbound, &addr(i).into());
+        let retry = factory.retry(&addr(i).into(), &silent(&codec)).expect("retried");
+        factory.answered(&addr(i).into(), &retry);
     }
-    assert!(!factory.is_v1_only(&addr(1)), "the oldest entry was evicted");
-    assert!(factory.is_v1_only(&addr(V1_CACHE_LEN as u32 + 1)));
+    assert!(!factory.is_v1_only(&addr(1).into()), "the oldest entry was evicted");
+    assert!(factory.is_v1_only(&addr(V1_CACHE_LEN as u32 + 1).into()));
 }
 
 /// A peer that closes our v2 attempt and then our v1 retry too (full, or
@@ -1307,14 +1307,14 @@ fn factory_remembers_v1_peers_and_bounds_its_cache() {
 fn factory_does_not_downgrade_a_peer_whose_v1_retry_failed() {
     use crate::codec::Factory;
     let mut factory = BitcoinFactory::new(Network::Regtest, TransportPolicy::V2Preferred, MAX_PROTOCOL_MESSAGE_LENGTH);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 8333));
+    let addr = &crate::Target::Socket(std::net::SocketAddr::from(([127, 0, 0, 1], 8333)));
     let first = factory.make(Direction::Outbound, addr);
     let retry = factory.retry(addr, &silent(&first)).expect("retried as v1");
     assert!(factory.retry(addr, &silent(&retry)).is_none(), "v1 is not retried");
     assert!(matches!(factory.make(Direction::Outbound, addr).transport(), Transport::V2 { .. }));
     // Answers to a v2 codec prove nothing about v1.
     factory.answered(addr, &first);
-    assert!(!factory.is_v1_only(&addr));
+    assert!(!factory.is_v1_only(addr));
 }
 
 #[test]
