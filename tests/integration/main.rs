@@ -16,6 +16,9 @@ mod hostile;
 mod reactor;
 mod regressions;
 mod session;
+#[path = "../support/socks_server.rs"]
+mod socks_server;
+mod socks_server_check;
 mod v2;
 
 /// Session mode with a test user agent.
