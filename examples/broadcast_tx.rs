@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use peerlink::Target;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|reg
 
 struct Args {
     network: bitcoin::Network,
-    peers: Vec<SocketAddr>,
+    peers: Vec<Target>,
     timeout: Duration,
     tx: Transaction,
 }
@@ -102,13 +102,13 @@ fn main() -> ExitCode {
                 };
                 println!(
                     "peer={} result={result} ua={:?} announced_by={} elapsed={:.3}s",
-                    outcome.addr,
+                    outcome.target,
                     d.user_agent,
                     if d.by_wtxid { "wtxid" } else { "txid" },
                     d.elapsed.as_secs_f64()
                 );
             }
-            Err(e) => println!("peer={} result=failed reason={}", outcome.addr, Report(e)),
+            Err(e) => println!("peer={} result=failed reason={}", outcome.target, Report(e)),
         }
     }
     let failed = outcomes.len() - sent - not_requested;

@@ -24,7 +24,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bitcoin::hashes::Hash as _;
@@ -36,6 +35,7 @@ use crate::error::RecvTimeoutError;
 use crate::event::{ConnectError, DisconnectReason, Event, PeerId, SendError};
 use crate::handle::{Disconnect, Refusal};
 use crate::rng::Rng;
+use crate::target::Target;
 use crate::types::later;
 use crate::{Config, Mode, StartError};
 
@@ -154,8 +154,8 @@ impl std::error::Error for BroadcastError {
 /// The result for one target.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The target address.
-    pub addr: SocketAddr,
+    /// The target, as given.
+    pub target: Target,
     /// `Ok` when the peer has processed our announcement and either took the
     /// transaction or did not need it; [`Delivered::kind`] tells which.
     pub result: Result<Delivered, BroadcastError>,
@@ -200,7 +200,8 @@ pub struct Delivered {
     pub elapsed: Duration,
 }
 
-/// Broadcasts `tx` to every address in `peers`, each on its own connection
+/// Broadcasts `tx` to every target in `peers` (socket addresses, host names
+/// or onion services: [`Target`]), each on its own connection
 /// of a private reactor built from `config` (its mode is forced to session),
 /// and returns one outcome per target, in the order given, by `timeout`.
 ///
@@ -216,9 +217,9 @@ pub struct Delivered {
 /// let outcomes = peerlink::broadcast::broadcast(config, &tx, &peers, std::time::Duration::from_secs(30))?;
 /// for outcome in &outcomes {
 ///     match &outcome.result {
-///         Ok(d) if d.kind == DeliveryKind::Sent => println!("{}: sent", outcome.addr),
-///         Ok(_) => println!("{}: not requested, it may already have it", outcome.addr),
-///         Err(e) => println!("{}: {}", outcome.addr, peerlink::error::Report(e)),
+///         Ok(d) if d.kind == DeliveryKind::Sent => println!("{}: sent", outcome.target),
+///         Ok(_) => println!("{}: not requested, it may already have it", outcome.target),
+///         Err(e) => println!("{}: {}", outcome.target, peerlink::error::Report(e)),
 ///     }
 /// }
 /// assert!(outcomes.iter().any(|o| o.result.is_ok()));
@@ -227,15 +228,15 @@ pub struct Delivered {
 pub fn broadcast(
     mut config: Config,
     tx: &Transaction,
-    peers: &[SocketAddr],
+    peers: &[Target],
     timeout: Duration,
 ) -> Result<Vec<Outcome>, StartError> {
     config.mode = Mode::Session;
     config.listen.clear();
     let mut machine = Broadcaster::new(tx, peers, Instant::now(), timeout, Rng::from_os());
     let handle = crate::start(config)?;
-    for (i, addr) in peers.iter().enumerate() {
-        match handle.connect(*addr) {
+    for (i, target) in peers.iter().enumerate() {
+        match handle.connect(target.clone()) {
             Ok(peer) => machine.connecting(i, peer),
             Err(_) => machine.reactor_gone(),
         }
@@ -373,7 +374,7 @@ pub(crate) struct Broadcaster {
     wtxid: Wtxid,
     start: Instant,
     deadline: Instant,
-    addrs: Vec<SocketAddr>,
+    targets: Vec<Target>,
     states: Vec<State>,
     by_peer: HashMap<PeerId, usize>,
     rng: Rng,
@@ -381,17 +382,17 @@ pub(crate) struct Broadcaster {
 }
 
 impl Broadcaster {
-    /// A broadcast of `tx` to `addrs` that started at `now` and ends by
+    /// A broadcast of `tx` to `targets` that started at `now` and ends by
     /// `now + timeout`. Ping nonces come from `rng`.
-    pub(crate) fn new(tx: &Transaction, addrs: &[SocketAddr], now: Instant, timeout: Duration, rng: Rng) -> Self {
+    pub(crate) fn new(tx: &Transaction, targets: &[Target], now: Instant, timeout: Duration, rng: Rng) -> Self {
         Broadcaster {
             tx: tx.clone(),
             txid: tx.compute_txid(),
             wtxid: tx.compute_wtxid(),
             start: now,
             deadline: later(now, timeout),
-            addrs: addrs.to_vec(),
-            states: addrs.iter().map(|_| State::Idle).collect(),
+            targets: targets.to_vec(),
+            states: targets.iter().map(|_| State::Idle).collect(),
             by_peer: HashMap::new(),
             rng,
             actions: VecDeque::new(),
@@ -567,15 +568,15 @@ impl Broadcaster {
     /// One outcome per target, in the order given. A target without one
     /// yet counts as timed out.
     pub(crate) fn into_outcomes(self) -> Vec<Outcome> {
-        self.addrs
+        self.targets
             .into_iter()
             .zip(self.states)
-            .map(|(addr, state)| {
+            .map(|(target, state)| {
                 let result = match state {
                     State::Done(result) => result,
                     other => Err(BroadcastError::Timeout { stage: other.stage() }),
                 };
-                Outcome { addr, result }
+                Outcome { target, result }
             })
             .collect()
     }

@@ -2,6 +2,7 @@
 //! sockets, no reactor.
 
 use std::io;
+use std::net::SocketAddr;
 
 use bitcoin::absolute::LockTime;
 use bitcoin::hashes::{Hash, sha256d};
@@ -37,7 +38,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A broadcast of `tx()` to `n` targets started at `t0`, with peer ids 0..n.
 fn machine(n: u16, t0: Instant) -> Broadcaster {
-    let addrs: Vec<_> = (0..n).map(|i| addr(18444 + i)).collect();
+    let addrs: Vec<Target> = (0..n).map(|i| addr(18444 + i).into()).collect();
     let mut b = Broadcaster::new(&tx(), &addrs, t0, TIMEOUT, Rng::from_os());
     for i in 0..n {
         b.connecting(usize::from(i), PeerId(u64::from(i)));
@@ -220,7 +221,7 @@ fn a_late_pong_is_counted_from_its_arrival() {
 #[test]
 fn the_overall_deadline_wins_over_the_request_delay() {
     let t0 = Instant::now();
-    let addrs = [addr(1)];
+    let addrs = [addr(1).into()];
     let mut b = Broadcaster::new(&tx(), &addrs, t0, secs(2), Rng::from_os());
     b.connecting(0, PeerId(0));
     let ping = announce(&mut b, 0, true, t0);
@@ -326,7 +327,7 @@ fn failures_carry_their_stage() {
     assert!(matches!(outcomes[1].result, Err(BroadcastError::Handshake(DisconnectReason::PeerClosed))));
     assert!(matches!(outcomes[2].result, Err(BroadcastError::Disconnected { stage: Stage::Announced, .. })));
     assert!(matches!(outcomes[3].result, Err(BroadcastError::Disconnected { stage: Stage::Sent, .. })));
-    let ports: Vec<_> = outcomes.iter().map(|o| o.addr.port()).collect();
+    let ports: Vec<_> = outcomes.iter().map(|o| o.target.port()).collect();
     assert_eq!(ports, [18444, 18445, 18446, 18447], "outcomes keep the order of the targets");
 }
 

@@ -247,7 +247,7 @@ fn broadcast_to_a_silent_peer_times_out_in_the_handshake() {
     // The kernel completes TCP connections to a listener that never accepts
     // them: we connect and write our handshake, and nothing comes back.
     let silent = std::net::TcpListener::bind(localhost()).unwrap();
-    let targets = [silent.local_addr().unwrap()];
+    let targets = [silent.local_addr().unwrap().into()];
     let outcomes =
         peerlink::broadcast::broadcast(session_config(), &big_tx(10), &targets, Duration::from_millis(500)).unwrap();
     assert!(
@@ -265,7 +265,7 @@ fn broadcast_delivers_and_reports_each_peer() {
     let (ignoring, _) = tx_node("ignore");
     let (rejecting, _) = tx_node("reject");
     let closed = std::net::TcpListener::bind(localhost()).unwrap().local_addr().unwrap();
-    let targets = [fetching, ignoring, rejecting, closed];
+    let targets = [fetching, ignoring, rejecting, closed].map(peerlink::Target::from);
     // The ignoring peer answers pings, so it is concluded within Core's
     // request delays, long before this deadline.
     let started = std::time::Instant::now();
@@ -273,7 +273,7 @@ fn broadcast_delivers_and_reports_each_peer() {
     assert!(started.elapsed() < WAIT, "every peer concluded before the deadline");
     assert_eq!(outcomes.len(), 4);
     for (o, addr) in outcomes.iter().zip(targets) {
-        assert_eq!(o.addr, addr, "outcomes keep the order of the targets");
+        assert_eq!(o.target, addr, "outcomes keep the order of the targets");
     }
     let delivered = outcomes[0].result.as_ref().expect("fetching peer got it");
     assert_eq!(delivered.kind, DeliveryKind::Sent);

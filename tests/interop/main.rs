@@ -240,11 +240,11 @@ fn broadcast_tx_reaches_mempool() {
     let tx = mature_spend(&bcoin, &wallet, &Wallet::fixed(4));
     let txid = tx.compute_txid();
 
-    let outcomes = peerlink::broadcast::broadcast(config(), &tx, &[bcoin.p2p], Duration::from_secs(30))
+    let outcomes = peerlink::broadcast::broadcast(config(), &tx, &[bcoin.p2p.into()], Duration::from_secs(30))
         .expect("start broadcast reactor");
     assert_eq!(outcomes.len(), 1);
     let outcome = &outcomes[0];
-    assert_eq!(outcome.addr, bcoin.p2p);
+    assert_eq!(outcome.target, bcoin.p2p.into());
     let delivered = outcome.result.as_ref().unwrap_or_else(|e| panic!("broadcast to bcoin failed: {e:?}"));
     assert_eq!(delivered.kind, peerlink::broadcast::DeliveryKind::Sent, "bcoin did not have it");
     assert!(delivered.user_agent.contains("bcoin"), "{delivered:?}");
@@ -330,7 +330,7 @@ fn cbf_client_against_filters_from_real_bcoin_blocks() {
     let coinbase = &block_at(&bcoin, 1).txdata[0];
     let tx = wallet.spend(coinbase, 0, &Wallet::fixed(8).script);
     let txid = tx.compute_txid();
-    let outcomes = peerlink::broadcast::broadcast(config(), &tx, &[bcoin.p2p], Duration::from_secs(30))
+    let outcomes = peerlink::broadcast::broadcast(config(), &tx, &[bcoin.p2p.into()], Duration::from_secs(30))
         .expect("start broadcast reactor");
     if let Err(e) = &outcomes[0].result {
         panic!("broadcast to bcoin failed: {e:?}");
