@@ -292,18 +292,41 @@ impl fmt::Display for CredentialsError {
 
 impl std::error::Error for CredentialsError {}
 
-/// How one handshake authenticates.
+/// How one handshake authenticates: which methods the greeting offers.
 ///
-/// Only the configured method is offered: `None` offers method 0x00 alone,
-/// `Password` offers method 0x02 alone, so a proxy cannot silently skip the
-/// credentials (and with them Tor's stream isolation). Bitcoin Core offers
-/// both 0x00 and 0x02 when it has credentials.
+/// `None` offers method 0x00 alone and `Password` method 0x02 alone, so a
+/// proxy cannot silently skip the credentials. `PasswordOrNone` offers both
+/// and lets the proxy choose, as Bitcoin Core does with `-proxyrandomize`:
+/// Tor chooses username/password (and isolates streams by it), and a proxy
+/// without authentication chooses none, so stream isolation, on by default,
+/// costs nothing with proxies that do not know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
     /// No authentication (method 0x00).
     None,
     /// Username/password authentication (method 0x02, RFC 1929).
     Password(Credentials),
+    /// Username/password if the proxy chooses it, else none (methods 0x00
+    /// and 0x02): per-connection credentials for stream isolation.
+    PasswordOrNone(Credentials),
+}
+
+impl Auth {
+    /// The methods the greeting offers, in order.
+    fn methods(&self) -> &'static [u8] {
+        match self {
+            Auth::None => &[METHOD_NONE],
+            Auth::Password(_) => &[METHOD_PASSWORD],
+            Auth::PasswordOrNone(_) => &[METHOD_NONE, METHOD_PASSWORD],
+        }
+    }
+
+    fn credentials(&self) -> Option<&Credentials> {
+        match self {
+            Auth::None => None,
+            Auth::Password(c) | Auth::PasswordOrNone(c) => Some(c),
+        }
+    }
 }
 
 /// Per-connection credentials for Tor stream isolation, in Bitcoin Core's
@@ -372,7 +395,7 @@ impl AuthSource {
         match self {
             AuthSource::None => Auth::None,
             AuthSource::Fixed(credentials) => Auth::Password(credentials.clone()),
-            AuthSource::Isolated(generator) => Auth::Password(generator.next_credentials()),
+            AuthSource::Isolated(generator) => Auth::PasswordOrNone(generator.next_credentials()),
         }
     }
 }
@@ -449,7 +472,9 @@ impl fmt::Display for Proxy {
 pub enum ProxyAuth {
     /// Each connection gets its own credentials ([`StreamIsolation`], as
     /// Bitcoin Core's `-proxyrandomize`), so Tor puts each on its own
-    /// circuit. The default.
+    /// circuit. The default. Both "none" and username/password are offered
+    /// ([`Auth::PasswordOrNone`]), so a proxy without authentication works
+    /// too.
     #[default]
     Isolated,
     /// Every connection uses these credentials (one circuit may be shared).
@@ -828,15 +853,14 @@ impl Handshake {
     /// A handshake asking the proxy to connect to `target`, authenticating
     /// with `auth`. The greeting is queued for transmission.
     pub fn new(target: Target, auth: Auth) -> Handshake {
-        let method = match auth {
-            Auth::None => METHOD_NONE,
-            Auth::Password(_) => METHOD_PASSWORD,
-        };
+        let methods = auth.methods();
+        let mut out = vec![VERSION, methods.len() as u8];
+        out.extend_from_slice(methods);
         Handshake {
             state: State::Greeting,
             target,
             auth,
-            out: vec![VERSION, 1, method],
+            out,
             sent: 0,
             buf: [0; MAX_REPLY_LEN],
             have: 0,
@@ -974,14 +998,11 @@ impl Handshake {
                     return Err(Socks5Error::Version { stage: Stage::Greeting, version });
                 }
                 if let Some(&method) = got.get(1) {
-                    let offered = match self.auth {
-                        Auth::None => METHOD_NONE,
-                        Auth::Password(_) => METHOD_PASSWORD,
-                    };
                     if method == METHOD_NO_ACCEPTABLE {
-                        return Err(Socks5Error::NoAcceptableMethod { offered_password: offered == METHOD_PASSWORD });
+                        let offered_password = self.auth.credentials().is_some();
+                        return Err(Socks5Error::NoAcceptableMethod { offered_password });
                     }
-                    if method != offered {
+                    if !self.auth.methods().contains(&method) {
                         return Err(Socks5Error::UnofferedMethod(method));
                     }
                 }
@@ -1038,7 +1059,7 @@ impl Handshake {
         let reply = &self.buf[..self.have];
         let next = match self.state {
             State::Greeting if reply[1] == METHOD_PASSWORD => {
-                if let Auth::Password(credentials) = &self.auth {
+                if let Some(credentials) = self.auth.credentials() {
                     self.out.push(AUTH_VERSION);
                     // Lengths are checked by `Credentials::new`.
                     self.out.push(credentials.username.len() as u8);

@@ -34,7 +34,13 @@ fn target(kind: u8) -> Target {
 fn run(data: &[u8]) {
     let Some((&[mode, seed], body)) = data.split_first_chunk::<2>() else { return };
     let password = mode & 0x01 != 0;
-    let auth = if password { Auth::Password(Credentials::new("user", "pass").expect("valid")) } else { Auth::None };
+    let credentials = || Credentials::new("user", "pass").expect("valid");
+    // Bit 4: offer both methods (stream isolation's `PasswordOrNone`).
+    let auth = match (password, mode & 0x10 != 0) {
+        (true, false) => Auth::Password(credentials()),
+        (true, true) => Auth::PasswordOrNone(credentials()),
+        (false, _) => Auth::None,
+    };
     let mut input = Vec::with_capacity(body.len() + 4);
     if mode & 0x08 != 0 {
         input.extend_from_slice(if password { &[0x05, 0x02, 0x01, 0x00] } else { &[0x05, 0x00] });

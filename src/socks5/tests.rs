@@ -459,7 +459,7 @@ fn stream_isolation_follows_cores_prefix_and_counter() {
     let mut source = AuthSource::Isolated(StreamIsolation::new([0; 8]));
     let mut seen = std::collections::HashSet::new();
     for n in 0..50 {
-        let Auth::Password(c) = source.next_auth() else { panic!("isolation authenticates") };
+        let Auth::PasswordOrNone(c) = source.next_auth() else { panic!("isolation offers credentials") };
         assert_eq!(c.username(), format!("0000000000000000-{n}").as_bytes());
         assert!(seen.insert((c.username().to_vec(), c.password().to_vec())));
     }
@@ -518,7 +518,7 @@ impl Exchange {
     fn server_bytes(&self) -> Vec<u8> {
         let mut bytes = match self.auth {
             Auth::None => hex("0500"),
-            Auth::Password(_) => hex("0502 0100"),
+            Auth::Password(_) | Auth::PasswordOrNone(_) => hex("0502 0100"),
         };
         bytes.extend_from_slice(&[5, 0, 0]);
         match &self.bound {
@@ -546,16 +546,17 @@ impl Exchange {
     }
 
     fn client_bytes(&self) -> Vec<u8> {
-        let mut bytes = vec![5, 1];
-        if let Auth::Password(c) = &self.auth {
-            bytes.push(2);
+        let mut bytes = match &self.auth {
+            Auth::None => vec![5, 1, 0],
+            Auth::Password(_) => vec![5, 1, 2],
+            Auth::PasswordOrNone(_) => vec![5, 2, 0, 2],
+        };
+        if let Auth::Password(c) | Auth::PasswordOrNone(c) = &self.auth {
             bytes.push(1);
             bytes.push(c.username().len() as u8);
             bytes.extend_from_slice(c.username());
             bytes.push(c.password().len() as u8);
             bytes.extend_from_slice(c.password());
-        } else {
-            bytes.push(0);
         }
         bytes.extend_from_slice(&[5, 1, 0]);
         match &self.target {
@@ -600,6 +601,8 @@ fn arb_auth() -> impl Strategy<Value = Auth> {
         Just(Auth::None),
         (prop::collection::vec(any::<u8>(), 1..=255), prop::collection::vec(any::<u8>(), 1..=255))
             .prop_map(|(u, p)| Auth::Password(Credentials::new(u, p).expect("1 to 255 bytes"))),
+        (prop::collection::vec(any::<u8>(), 1..=255), prop::collection::vec(any::<u8>(), 1..=255))
+            .prop_map(|(u, p)| Auth::PasswordOrNone(Credentials::new(u, p).expect("1 to 255 bytes"))),
     ]
 }
 
@@ -723,4 +726,28 @@ proptest! {
             prop_assert!(leftover.is_empty());
         }
     }
+}
+
+/// Isolation offers both methods, as Bitcoin Core does: Tor picks
+/// username/password (and isolates by it); a proxy without authentication
+/// picks none, and no credentials are sent.
+#[test]
+fn password_or_none_offers_both_and_follows_the_proxy_choice() {
+    let target = Target::Addr(addr("127.0.0.1:8333"));
+    let auth = Auth::PasswordOrNone(creds("u", "p"));
+    let mut h = Handshake::new(target.clone(), auth.clone());
+    assert_eq!(h.poll_transmit(), hex("05020002"));
+    drain(&mut h);
+    assert_eq!(h.handle_input(&hex("0502")), Ok(Progress::Pending));
+    assert_eq!(h.poll_transmit(), hex("01 0175 0170"), "RFC 1929 credentials follow");
+
+    let mut h = Handshake::new(target.clone(), auth.clone());
+    drain(&mut h);
+    assert_eq!(h.handle_input(&hex("0500")), Ok(Progress::Pending));
+    assert_eq!(h.stage(), Stage::Connect, "no credentials when the proxy picks none");
+    assert_eq!(h.poll_transmit(), hex("050100 01 7f000001 208d"));
+
+    let mut h = Handshake::new(target, auth);
+    drain(&mut h);
+    assert_eq!(h.handle_input(&hex("05ff")), Err(Socks5Error::NoAcceptableMethod { offered_password: true }));
 }

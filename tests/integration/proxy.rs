@@ -67,7 +67,7 @@ fn a_session_runs_through_the_proxy_over_v1_and_v2_with_isolated_credentials() {
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].target, RequestedTarget::Ip(addr.ip()));
         assert_eq!(requests[0].port, addr.port());
-        assert_eq!(requests[0].methods, [0x02], "isolation offers username/password only");
+        assert_eq!(requests[0].methods, [0x00, 0x02], "isolation offers none and username/password, as Core");
         let (user, pass) = requests[0].credentials.clone().expect("isolated credentials");
         assert_eq!(user, pass, "Core's scheme: username equals password");
         assert!(String::from_utf8(user).unwrap().ends_with("-0"), "the counter starts at 0");
@@ -162,8 +162,15 @@ fn wrong_credentials_and_a_missing_method_say_so() {
         );
         assert_eq!(Report(&error).to_string(), format!("proxy {}: username and password rejected", socks.addr()));
     }
+    // A proxy without authentication: isolation (the default) falls back to
+    // none, fixed credentials fail with a clear error.
     let none_only = SocksServer::start(Options { auth: Auth::NoneOnly, ..Options::default() });
     let client = proxied_client(Proxy::new(none_only.addr()), TransportPolicy::V1Only);
+    let id = client.connect(addr).unwrap();
+    assert_eq!(ready(&client).0, id);
+    assert_eq!(none_only.requests()[0].credentials, None);
+    let fixed = ProxyAuth::Fixed(peerlink::socks5::Credentials::new("alice", "right").unwrap());
+    let client = proxied_client(Proxy { addr: none_only.addr(), auth: fixed }, TransportPolicy::V1Only);
     let id = client.connect(addr).unwrap();
     let (_, error) = connect_failed(&client, id);
     assert_eq!(
