@@ -211,3 +211,95 @@ fn a_proxy_that_is_down_fails_quickly_and_a_silent_one_times_out_naming_the_prox
         );
     }
 }
+
+/// The classic leak: a retry path that forgets the proxy. The peer behind
+/// the proxy speaks v1 only, so our v2 attempt is refused and retried as v1;
+/// both attempts must go through the proxy. A listener on 127.0.0.2 stands
+/// where the target address points: a direct connection would land there.
+#[test]
+fn nothing_connects_directly_not_even_the_v1_fallback_retry() {
+    let (_server, addr) = peer(TransportPolicy::V1Only);
+    let leak = crate::socks_server::LeakListener::bind([127, 0, 0, 2].into());
+    let socks = SocksServer::start(Options { forward: Some(addr), ..Options::default() });
+    let client = proxied_client(Proxy::new(socks.addr()), TransportPolicy::V2Preferred);
+    let id = client.connect(leak.addr()).unwrap();
+    let (peer, info) = ready(&client);
+    assert_eq!(peer, id);
+    assert_eq!(info.transport, peerlink::codec::Transport::V1, "the v1 fallback ran");
+    assert_eq!(info.proxy, Some(socks.addr()));
+    let requests = socks.requests();
+    assert_eq!(requests.len(), 2, "the v2 attempt and the v1 retry, both through the proxy: {requests:?}");
+    for request in &requests {
+        assert_eq!(request.target, RequestedTarget::Ip(leak.addr().ip()));
+        assert_eq!(request.port, leak.addr().port());
+    }
+    assert_ne!(requests[0].credentials, requests[1].credentials, "the retry is a new stream with its own credentials");
+    // A domain target goes to the proxy as a name: `.invalid` never resolves,
+    // so reaching the peer proves no local lookup was needed.
+    let id = client.connect("peer.invalid:8333".parse::<Target>().unwrap()).unwrap();
+    let (peer, info) = ready(&client);
+    assert_eq!(peer, id);
+    assert_eq!(info.target.to_string(), "peer.invalid:8333");
+    let requests = socks.wait_requests(3, WAIT);
+    assert_eq!(requests.last().map(|r| &r.target), Some(&RequestedTarget::Name("peer.invalid".into())));
+    assert_eq!(leak.accepted(), 0, "nothing reached the target address directly");
+}
+
+/// Stream isolation: every connection gets its own credentials, so Tor
+/// never puts two on one circuit.
+#[test]
+fn fifty_connections_use_fifty_distinct_credential_pairs() {
+    let socks = SocksServer::start(Options { behaviour: Behaviour::Reply(0x05), ..Options::default() });
+    let client = proxied_client(Proxy::new(socks.addr()), TransportPolicy::V1Only);
+    let ids: Vec<PeerId> =
+        (0..50).map(|i| client.connect(SocketAddr::from(([127, 0, 0, 1], 10_000 + i))).unwrap()).collect();
+    let mut failed = std::collections::HashSet::new();
+    while failed.len() < ids.len() {
+        wait_for(&client, |e| match e {
+            Event::ConnectFailed { peer, error: ConnectError::Proxy(_), .. } => Some(failed.insert(peer)),
+            Event::ConnectFailed { error, .. } => panic!("{}", Report(&error)),
+            _ => None,
+        });
+    }
+    assert_eq!(failed, ids.iter().copied().collect());
+    let requests = socks.wait_requests(50, WAIT);
+    assert_eq!(requests.len(), 50);
+    let pairs: std::collections::HashSet<_> =
+        requests.iter().map(|r| r.credentials.clone().expect("credentials offered and chosen")).collect();
+    assert_eq!(pairs.len(), 50, "50 connections, 50 distinct credential pairs");
+    let prefixes: std::collections::HashSet<_> = pairs
+        .iter()
+        .map(|(user, _)| String::from_utf8(user.clone()).unwrap().split('-').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(prefixes.len(), 1, "one random prefix per run, then a counter (Core's #32176 scheme)");
+}
+
+/// Without a proxy a host name is looked up off the reactor thread.
+#[test]
+fn a_host_name_without_a_proxy_is_resolved_and_connected() {
+    let (_server, addr) = peer(TransportPolicy::V1Only);
+    let mut config = session_test_config();
+    config.transport = TransportPolicy::V1Only;
+    config.connect_timeout = Duration::from_secs(5);
+    let client = peerlink::start(config).unwrap();
+    let target: Target = format!("localhost:{}", addr.port()).parse().unwrap();
+    let id = client.connect(target.clone()).unwrap();
+    let (peer, info) = ready(&client);
+    assert_eq!(peer, id);
+    assert_eq!(info.target, target);
+    assert_eq!(info.proxy, None);
+    assert_eq!(info.addr.port(), addr.port());
+    assert!(info.addr.ip().is_loopback());
+
+    let id = client.connect("nonexistent.invalid:8333".parse::<Target>().unwrap()).unwrap();
+    let (_, error) = connect_failed(&client, id);
+    // Depending on the machine's resolver the lookup fails at once, or only
+    // by the connect deadline.
+    match &error {
+        ConnectError::Resolve { name, .. } | ConnectError::NoAddress { name } => {
+            assert_eq!(name, "nonexistent.invalid")
+        }
+        ConnectError::Timeout(_) => {}
+        other => panic!("{other:?}"),
+    }
+}
