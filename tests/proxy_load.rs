@@ -5,6 +5,8 @@
 //! This is its own test binary (one process, one test) so that the thread
 //! count it reads from `/proc/self/task` is this test's alone.
 
+#![cfg(feature = "socks")]
+
 #[path = "support/socks_server.rs"]
 mod socks_server;
 

@@ -5,6 +5,9 @@
 //! Inputs are real v1 frames built with rust-bitcoin (regtest magic) or the
 //! bytes of a real peer codec.
 
+#[cfg(feature = "socks")]
+mod proxy;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,6 +13,7 @@ mod examples;
 mod filter_server;
 mod generic_codec;
 mod hostile;
+#[cfg(feature = "socks")]
 mod proxy;
 mod reactor;
 mod regressions;
