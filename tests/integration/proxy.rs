@@ -303,3 +303,60 @@ fn a_host_name_without_a_proxy_is_resolved_and_connected() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Raw mode through the proxy: the peer is announced once the proxy has
+/// connected, and messages flow both ways.
+#[test]
+fn raw_mode_works_through_the_proxy() {
+    let (server, addr) = listener();
+    let socks = SocksServer::start(Options::default());
+    let mut config = raw_config();
+    config.proxy = Some(Proxy::new(socks.addr()));
+    let client = peerlink::start(config).unwrap();
+    let c = client.connect(addr).unwrap();
+    let remote = wait_for(&client, |e| match e {
+        Event::Connected { peer, remote, .. } if peer == c => Some(remote),
+        _ => None,
+    });
+    assert_eq!(remote, socks.addr(), "raw mode's remote is the TCP peer: the proxy");
+    let s = connected(&server);
+    assert_round_trip(&client, c, &server, 42);
+    let info = client.peer_info(c).unwrap().expect("connected");
+    assert_eq!((info.proxy, info.target), (Some(socks.addr()), Target::Socket(addr)));
+    drop(s);
+}
+
+/// The one-shot broadcast through the proxy, to a peer that fetches the
+/// transaction.
+#[test]
+fn broadcast_works_through_the_proxy() {
+    let (node, addr) = peer(TransportPolicy::V2Preferred);
+    let tx = big_tx(250);
+    // The node stays up until the broadcaster hangs up: its session must
+    // answer the ping that confirms the transaction was processed.
+    let fetcher = std::thread::spawn(move || {
+        let mut got = None;
+        wait_for(&node, |e| match e {
+            Event::Message { peer, message: bitcoin::p2p::message::NetworkMessage::Inv(items), .. } => {
+                node.send(peer, bitcoin::p2p::message::NetworkMessage::GetData(items)).unwrap();
+                None
+            }
+            Event::Message { message: bitcoin::p2p::message::NetworkMessage::Tx(tx), .. } => {
+                got = Some(tx);
+                None
+            }
+            Event::Disconnected { .. } => Some(()),
+            _ => None,
+        });
+        got
+    });
+    let socks = SocksServer::start(Options::default());
+    let mut config = session_test_config();
+    config.proxy = Some(Proxy::new(socks.addr()));
+    let outcomes = peerlink::broadcast::broadcast(config, &tx, &[addr.into()], WAIT).unwrap();
+    assert_eq!(outcomes.len(), 1);
+    let delivered = outcomes[0].result.as_ref().unwrap_or_else(|e| panic!("{}", Report(e)));
+    assert_eq!(delivered.kind, peerlink::broadcast::DeliveryKind::Sent);
+    assert_eq!(fetcher.join().unwrap(), Some(tx), "the peer got the transaction");
+    assert_eq!(socks.requests().len(), 1, "through the proxy");
+}
