@@ -26,7 +26,9 @@ pub enum Event<S: Stack = Bitcoin> {
         direction: Direction,
         /// Our end of the connection.
         local: SocketAddr,
-        /// The peer's end.
+        /// The other end of the TCP connection: the peer, or, for a peer
+        /// reached through a proxy, the proxy ([`PeerInfo::target`](crate::PeerInfo::target)
+        /// says what was dialled).
         remote: SocketAddr,
     },
     /// An outbound connection attempt failed. The id was returned by

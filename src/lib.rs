@@ -65,6 +65,15 @@
 //! attempt that the peer answers with silence is retried as v1, as Bitcoin
 //! Core does ([`wire::BitcoinFactory`]).
 //!
+//! Through a SOCKS5 proxy ([`Config::proxy`], [`Config::onion_proxy`]) one
+//! more sans-IO step comes first: once the TCP connection to the proxy is
+//! up, the link runs the [`socks5::Handshake`] (with fresh credentials per
+//! connection, so Tor isolates each stream), and only when the proxy has
+//! connected to the target does the codec's first byte go out; the bytes
+//! after the proxy's reply are the peer's first. [`Handle::connect`] takes
+//! a [`Target`]: a socket address, a host name (resolved by the proxy, or
+//! without one off the reactor thread) or an onion service.
+//!
 //! Every timer of a connection (connect, stall, frame, transport handshake,
 //! session deadlines, linger) sits in its link's one timer table; the
 //! reactor only sleeps until the earliest deadline of any link.
