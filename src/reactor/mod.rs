@@ -455,6 +455,7 @@ where
         let codec = codec.unwrap_or_else(|| self.factory.make(Direction::Outbound, &dial.target));
         let entropy = self.rng.bytes32();
         let Attempt { peer, gate, held, after_flush } = attempt;
+        let target = dial.target.clone();
         let mut cx = self.env.cx();
         match Link::new(peer, Direction::Outbound, addr, None, codec, gate, held, entropy, Some(dial), &mut cx) {
             Ok(mut link) => {
@@ -468,7 +469,7 @@ where
                 let _ = self.poll.registry().deregister(&mut stream);
                 self.shared.remove_gate(peer);
                 let error = ConnectError::Io(io::Error::other(crate::error::Report(&e).to_string()));
-                cx.events.emit(Event::ConnectFailed { peer, target: Target::Socket(addr), error });
+                cx.events.emit(Event::ConnectFailed { peer, target, error });
             }
         }
     }

@@ -214,3 +214,62 @@ fn a_failed_address_moves_on_to_the_next_within_the_deadline() {
         }
     }
 }
+
+proptest::proptest! {
+    /// The proxy's replies and the peer's first frames, cut at random
+    /// points: the same events, in the same order, whatever the reads.
+    #[test]
+    fn proxy_replies_and_peer_bytes_split_anywhere(cuts in proptest::collection::vec(0usize..200, 0..8)) {
+        let mut stream = vec![5, 0];
+        stream.extend_from_slice(&[5, 0, 0, 3, 4]);
+        stream.extend_from_slice(b"tor1");
+        stream.extend_from_slice(&[0x20, 0x8d]);
+        let peer_bytes = [frame(&NetworkMessage::Verack), frame(&NetworkMessage::Ping(5))].concat();
+        stream.extend_from_slice(&peer_bytes);
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.push(stream.len());
+        cuts.sort_unstable();
+
+        let mut env = Env::new(Raw::new());
+        let mut link = proxied(&mut env, onion(), TransportPolicy::V1Only);
+        link.handle_connected(local(), &mut env.cx());
+        let mut at = 0;
+        for cut in cuts {
+            take(&mut link, &mut env);
+            // Once the proxy connected, a read with a partial frame goes
+            // into the link's own buffer, as the reactor does it.
+            let chunk = &stream[at..cut];
+            at = cut;
+            if chunk.is_empty() {
+                continue;
+            }
+            // As the reactor reads: into the link's own buffer while part of
+            // a frame is there, else into scratch for `handle_input`.
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let read = link.read_with(&mut env.pool, env.now, |buf| {
+                    let n = buf.len().min(rest.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    Ok(n)
+                });
+                match read {
+                    None => {
+                        link.handle_input(rest, &mut env.cx()).expect("valid input");
+                        rest = &[];
+                    }
+                    Some(read) => {
+                        rest = &rest[read.expect("the test's read cannot fail")..];
+                        link.decode_buffered(&mut env.cx()).expect("valid input");
+                    }
+                }
+            }
+        }
+        let kinds: Vec<String> = env.events.iter().map(|e| match e {
+            Event::Connected { .. } => "connected".to_owned(),
+            Event::Message { message, .. } => format!("{message:?}"),
+            other => format!("{other:?}"),
+        }).collect();
+        proptest::prop_assert_eq!(kinds, ["connected", "Verack", "Ping(5)"]);
+        proptest::prop_assert_eq!(link.stats(&Raw::new()).bytes_in, peer_bytes.len() as u64);
+    }
+}
