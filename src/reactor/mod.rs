@@ -1,12 +1,13 @@
 //! The mio reactor: one thread that owns every socket. It only moves bytes
 //! and readiness; each connection's logic lives in a sans-IO
-//! [`Link`](link::Link), the listeners in [`listener`]. Each round: accept,
+//! [`Link`], the listeners in [`listener`]. Each round: accept,
 //! read (decode), apply user commands (encode), write, each within per-peer
 //! budgets, fire due timers, then sleep in `poll` until the next deadline.
 
 mod dial;
 mod link;
 mod listener;
+mod outbound;
 mod outbox;
 pub(crate) mod shared;
 #[cfg(test)]
@@ -27,11 +28,12 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use self::dial::{Dial, Proxies, Resolved, Resolver, Route};
+use self::dial::{Proxies, Resolver};
 use self::link::{Closed, End, Limits, Link, READ_CHUNK, State};
 use self::listener::Listeners;
+use self::outbound::{Attempt, Lookup};
 use self::outbox::Outbox;
-use self::shared::{Cmd, Counters, Gate, Query, Shared};
+use self::shared::{Cmd, Counters, Query, Shared};
 use self::slot::{Env, IdMap, Slot};
 use crate::codec::Factory;
 use crate::config::Config;
@@ -124,22 +126,6 @@ struct Reactor<F: Factory, P: Protocol> {
     resolver: Resolver,
     /// Outbound attempts waiting for a host-name lookup.
     resolving: IdMap<Lookup<Msg<P>>>,
-}
-
-/// An outbound attempt between links: its id, its gate, the messages sent
-/// to it that wait as they would in a link, and a pending flushed close.
-struct Attempt<M> {
-    peer: PeerId,
-    gate: Arc<Gate>,
-    held: VecDeque<M>,
-    after_flush: bool,
-}
-
-/// An outbound attempt waiting for its host-name lookup.
-struct Lookup<M> {
-    target: Target,
-    deadline: Instant,
-    attempt: Attempt<M>,
 }
 
 impl<F, P> Reactor<F, P>
@@ -386,12 +372,7 @@ where
     }
 
     fn disconnect(&mut self, peer: PeerId, mode: Disconnect) {
-        if let Some(lookup) = self.resolving.get_mut(&peer.0) {
-            if mode == Disconnect::AfterFlush {
-                lookup.attempt.after_flush = true;
-            } else if let Some(Lookup { target, attempt, .. }) = self.resolving.remove(&peer.0) {
-                self.fail_connect(attempt, target, ConnectError::Cancelled);
-            }
+        if self.disconnect_lookup(peer, mode) {
             return;
         }
         match mode {
@@ -404,112 +385,8 @@ where
         }
     }
 
-    /// Starts (or, for a retry, restarts) an outbound attempt to `target`
-    /// by the route [`Proxies::route`] gives: through the proxy configured
-    /// for it, to `resolved` (the address a retried connection reached), to
-    /// the target's address, or after a lookup.
-    fn dial(
-        &mut self,
-        attempt: Attempt<Msg<P>>,
-        target: Target,
-        resolved: Option<SocketAddr>,
-        deadline: Instant,
-        codec: Option<F::Codec>,
-    ) {
-        match self.proxies.route(&target, resolved) {
-            Ok(Route::Connect { addr, tunnel }) => {
-                let dial = Dial { target, deadline, rest: Vec::new(), tunnel };
-                self.connect(attempt, addr, dial, codec);
-            }
-            Ok(Route::Resolve(name, port)) => {
-                let peer = attempt.peer;
-                self.resolver.lookup(peer, name, port);
-                self.timers.push(Reverse((deadline, peer.0)));
-                self.resolving.insert(peer.0, Lookup { target, deadline, attempt });
-            }
-            Err(error) => self.fail_connect(attempt, target, error),
-        }
-    }
-
-    /// Opens the TCP connection to `addr` for `dial`, moving on to the
-    /// next resolved address if the connect call itself fails.
-    fn connect(&mut self, attempt: Attempt<Msg<P>>, mut addr: SocketAddr, mut dial: Dial, codec: Option<F::Codec>) {
-        let peer = attempt.peer;
-        let stream = loop {
-            let registered = TcpStream::connect(addr).and_then(|mut stream| {
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                self.poll.registry().register(&mut stream, Token(peer.0 as usize), interest).map(|()| stream)
-            });
-            match (registered, dial.rest.pop()) {
-                (Ok(stream), _) => break stream,
-                (Err(e), Some(next)) => {
-                    log::debug!("peer {peer}: connect to {addr} ({}) failed: {e}; trying {next}", dial.target);
-                    addr = next;
-                }
-                (Err(e), None) => {
-                    let error = dial.io_error(e);
-                    return self.fail_connect(attempt, dial.target, error);
-                }
-            }
-        };
-        let codec = codec.unwrap_or_else(|| self.factory.make(Direction::Outbound, &dial.target));
-        let entropy = self.rng.bytes32();
-        let Attempt { peer, gate, held, after_flush } = attempt;
-        let target = dial.target.clone();
-        let mut cx = self.env.cx();
-        match Link::new(peer, Direction::Outbound, addr, None, codec, gate, held, entropy, Some(dial), &mut cx) {
-            Ok(mut link) => {
-                if after_flush {
-                    link.close_after_flush(&mut cx);
-                }
-                self.insert(link, stream, false);
-            }
-            Err(e) => {
-                let mut stream = stream;
-                let _ = self.poll.registry().deregister(&mut stream);
-                self.shared.remove_gate(peer);
-                let error = ConnectError::Io(io::Error::other(crate::error::Report(&e).to_string()));
-                cx.events.emit(Event::ConnectFailed { peer, target, error });
-            }
-        }
-    }
-
-    /// Reports an attempt that ends before it has a link.
-    fn fail_connect(&mut self, attempt: Attempt<Msg<P>>, target: Target, error: ConnectError) {
-        let Attempt { peer, gate: _, held, after_flush: _ } = attempt;
-        self.shared.remove_gate(peer);
-        for message in held {
-            self.env.out.emit(Event::SendRejected { peer, message, reason: SendError::Disconnected });
-        }
-        self.env.out.emit(Event::ConnectFailed { peer, target, error });
-    }
-
-    /// Lookups that finished: connect to the first address, keeping the
-    /// others for if it fails.
-    fn apply_resolved(&mut self) {
-        while let Ok(Resolved { peer, result }) = self.resolver.done.try_recv() {
-            // Gone if cancelled or timed out meanwhile.
-            let Some(Lookup { target, deadline, attempt }) = self.resolving.remove(&peer.0) else { continue };
-            let name = target.host();
-            match result {
-                Ok(mut addrs) if !addrs.is_empty() => {
-                    log::debug!("peer {peer}: {name} resolved to {addrs:?}");
-                    let first = addrs.remove(0);
-                    addrs.reverse();
-                    let dial = Dial { target, deadline, rest: addrs, tunnel: None };
-                    self.connect(attempt, first, dial, None);
-                }
-                Ok(_) => self.fail_connect(attempt, target, ConnectError::NoAddress { name }),
-                Err(source) => self.fail_connect(attempt, target, ConnectError::Resolve { name, source }),
-            }
-        }
-    }
-
     fn send(&mut self, peer: PeerId, message: Msg<P>) {
-        if let Some(lookup) = self.resolving.get_mut(&peer.0) {
-            lookup.attempt.held.push_back(message);
-            return;
-        }
+        let Some(message) = self.hold_for_lookup(peer, message) else { return };
         let Some(slot) = self.slots.get_mut(&peer.0) else {
             self.env.out.emit(Event::SendRejected { peer, message, reason: SendError::UnknownPeer });
             return;
@@ -570,12 +447,7 @@ where
             }
             self.timers.pop();
             let Some(slot) = self.slots.get_mut(&id) else {
-                if self.resolving.get(&id).is_some_and(|lookup| lookup.deadline <= at)
-                    && let Some(Lookup { target, attempt, .. }) = self.resolving.remove(&id)
-                {
-                    // The lookup took the whole connect timeout.
-                    self.fail_connect(attempt, target, ConnectError::Timeout(self.env.limits.connect_timeout));
-                }
+                self.expire_lookup(id, at);
                 continue;
             };
             if slot.timer_at != Some(at) {

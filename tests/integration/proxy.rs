@@ -319,11 +319,10 @@ fn raw_mode_works_through_the_proxy() {
         _ => None,
     });
     assert_eq!(remote, socks.addr(), "raw mode's remote is the TCP peer: the proxy");
-    let s = connected(&server);
+    connected(&server);
     assert_round_trip(&client, c, &server, 42);
     let info = client.peer_info(c).unwrap().expect("connected");
     assert_eq!((info.proxy, info.target), (Some(socks.addr()), Target::Socket(addr)));
-    drop(s);
 }
 
 /// The one-shot broadcast through the proxy, to a peer that fetches the

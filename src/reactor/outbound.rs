@@ -1,0 +1,189 @@
+//! Outbound attempts: choosing the route ([`Proxies::route`](super::dial::Proxies::route)), opening the
+//! TCP connection, waiting for a host-name lookup, and moving on to the next
+//! resolved address. The reactor's part of [`dial`](super::dial).
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use super::Reactor;
+use super::dial::{Dial, Resolved, Route};
+use super::link::Link;
+use super::shared::Gate;
+use crate::codec::Factory;
+use crate::event::{ConnectError, Event, SendError};
+use crate::handle::Disconnect;
+use crate::protocol::{CodecFor, Msg, Protocol};
+use crate::target::Target;
+use crate::types::{Direction, PeerId};
+
+/// An outbound attempt between links: its id, its gate, the messages sent
+/// to it that wait as they would in a link, and a pending flushed close.
+pub(super) struct Attempt<M> {
+    pub(super) peer: PeerId,
+    pub(super) gate: Arc<Gate>,
+    pub(super) held: VecDeque<M>,
+    pub(super) after_flush: bool,
+}
+
+/// An outbound attempt waiting for its host-name lookup.
+pub(super) struct Lookup<M> {
+    pub(super) target: Target,
+    pub(super) deadline: Instant,
+    pub(super) attempt: Attempt<M>,
+}
+
+impl<F, P> Reactor<F, P>
+where
+    F: Factory,
+    F::Codec: CodecFor<P>,
+    P: Protocol,
+{
+    /// Starts (or, for a retry, restarts) an outbound attempt to `target`
+    /// by the route [`Proxies::route`](super::dial::Proxies::route) gives: through the proxy configured
+    /// for it, to `resolved` (the address a retried connection reached), to
+    /// the target's address, or after a lookup.
+    pub(super) fn dial(
+        &mut self,
+        attempt: Attempt<Msg<P>>,
+        target: Target,
+        resolved: Option<SocketAddr>,
+        deadline: Instant,
+        codec: Option<F::Codec>,
+    ) {
+        match self.proxies.route(&target, resolved) {
+            Ok(Route::Connect { addr, tunnel }) => {
+                let dial = Dial { target, deadline, rest: Vec::new(), tunnel };
+                self.connect(attempt, addr, dial, codec);
+            }
+            Ok(Route::Resolve(name, port)) => {
+                let peer = attempt.peer;
+                self.resolver.lookup(peer, name, port);
+                self.timers.push(Reverse((deadline, peer.0)));
+                self.resolving.insert(peer.0, Lookup { target, deadline, attempt });
+            }
+            Err(error) => self.fail_connect(attempt, target, error),
+        }
+    }
+
+    /// Opens the TCP connection to `addr` for `dial`, moving on to the
+    /// next resolved address if the connect call itself fails.
+    pub(super) fn connect(
+        &mut self,
+        attempt: Attempt<Msg<P>>,
+        mut addr: SocketAddr,
+        mut dial: Dial,
+        codec: Option<F::Codec>,
+    ) {
+        let peer = attempt.peer;
+        let stream = loop {
+            let registered = TcpStream::connect(addr).and_then(|mut stream| {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                self.poll.registry().register(&mut stream, Token(peer.0 as usize), interest).map(|()| stream)
+            });
+            match (registered, dial.rest.pop()) {
+                (Ok(stream), _) => break stream,
+                (Err(e), Some(next)) => {
+                    log::debug!("peer {peer}: connect to {addr} ({}) failed: {e}; trying {next}", dial.target);
+                    addr = next;
+                }
+                (Err(e), None) => {
+                    let error = dial.io_error(e);
+                    return self.fail_connect(attempt, dial.target, error);
+                }
+            }
+        };
+        let codec = codec.unwrap_or_else(|| self.factory.make(Direction::Outbound, &dial.target));
+        let entropy = self.rng.bytes32();
+        let Attempt { peer, gate, held, after_flush } = attempt;
+        let target = dial.target.clone();
+        let mut cx = self.env.cx();
+        match Link::new(peer, Direction::Outbound, addr, None, codec, gate, held, entropy, Some(dial), &mut cx) {
+            Ok(mut link) => {
+                if after_flush {
+                    link.close_after_flush(&mut cx);
+                }
+                self.insert(link, stream, false);
+            }
+            Err(e) => {
+                let mut stream = stream;
+                let _ = self.poll.registry().deregister(&mut stream);
+                self.shared.remove_gate(peer);
+                let error = ConnectError::Io(io::Error::other(crate::error::Report(&e).to_string()));
+                cx.events.emit(Event::ConnectFailed { peer, target, error });
+            }
+        }
+    }
+
+    /// Reports an attempt that ends before it has a link.
+    pub(super) fn fail_connect(&mut self, attempt: Attempt<Msg<P>>, target: Target, error: ConnectError) {
+        let Attempt { peer, gate: _, held, after_flush: _ } = attempt;
+        self.shared.remove_gate(peer);
+        for message in held {
+            self.env.out.emit(Event::SendRejected { peer, message, reason: SendError::Disconnected });
+        }
+        self.env.out.emit(Event::ConnectFailed { peer, target, error });
+    }
+
+    /// Lookups that finished: connect to the first address, keeping the
+    /// others for if it fails.
+    pub(super) fn apply_resolved(&mut self) {
+        while let Ok(Resolved { peer, result }) = self.resolver.done.try_recv() {
+            // Gone if cancelled or timed out meanwhile.
+            let Some(Lookup { target, deadline, attempt }) = self.resolving.remove(&peer.0) else { continue };
+            let name = target.host();
+            match result {
+                Ok(mut addrs) if !addrs.is_empty() => {
+                    log::debug!("peer {peer}: {name} resolved to {addrs:?}");
+                    let first = addrs.remove(0);
+                    addrs.reverse();
+                    let dial = Dial { target, deadline, rest: addrs, tunnel: None };
+                    self.connect(attempt, first, dial, None);
+                }
+                Ok(_) => self.fail_connect(attempt, target, ConnectError::NoAddress { name }),
+                Err(source) => self.fail_connect(attempt, target, ConnectError::Resolve { name, source }),
+            }
+        }
+    }
+
+    /// A message for a peer whose lookup is running waits with it; others
+    /// are handed back.
+    pub(super) fn hold_for_lookup(&mut self, peer: PeerId, message: Msg<P>) -> Option<Msg<P>> {
+        match self.resolving.get_mut(&peer.0) {
+            Some(lookup) => {
+                lookup.attempt.held.push_back(message);
+                None
+            }
+            None => Some(message),
+        }
+    }
+
+    /// A disconnect for a peer whose lookup is running: a flushed one is
+    /// noted for after the connect, an immediate one cancels. False if the
+    /// peer has no lookup running.
+    pub(super) fn disconnect_lookup(&mut self, peer: PeerId, mode: Disconnect) -> bool {
+        let Some(lookup) = self.resolving.get_mut(&peer.0) else { return false };
+        if mode == Disconnect::AfterFlush {
+            lookup.attempt.after_flush = true;
+        } else if let Some(Lookup { target, attempt, .. }) = self.resolving.remove(&peer.0) {
+            self.fail_connect(attempt, target, ConnectError::Cancelled);
+        }
+        true
+    }
+
+    /// The deadline `at` of peer `id` passed: if it is a lookup's, the
+    /// lookup took the whole connect timeout.
+    pub(super) fn expire_lookup(&mut self, id: u64, at: Instant) {
+        if self.resolving.get(&id).is_some_and(|lookup| lookup.deadline <= at)
+            && let Some(Lookup { target, attempt, .. }) = self.resolving.remove(&id)
+        {
+            self.fail_connect(attempt, target, ConnectError::Timeout(self.env.limits.connect_timeout));
+        }
+    }
+}
