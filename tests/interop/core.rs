@@ -73,7 +73,7 @@ fn spend_op_true(prev: &Transaction, to: &ScriptBuf) -> Transaction {
 
 /// Core's `getpeerinfo` entry for the connection whose remote end, seen from
 /// Core, is `addr`.
-fn core_peer(core: &Bitcoind, addr: SocketAddr) -> Value {
+pub fn core_peer(core: &Bitcoind, addr: SocketAddr) -> Value {
     let peers = core.rpc("getpeerinfo", json!([]));
     let list = peers.as_array().unwrap_or_else(|| panic!("getpeerinfo returned {peers}"));
     list.iter()
@@ -90,7 +90,7 @@ fn hex(bytes: &[u8]) -> String {
 /// What both ends must agree on for a session with Core, in either
 /// direction: `theirs` is Core's `getpeerinfo` entry for us, who announced
 /// `our_services`.
-fn check_session(info: &PeerInfo, theirs: &Value, our_services: ServiceFlags, transport: TransportPolicy) {
+pub fn check_session(info: &PeerInfo, theirs: &Value, our_services: ServiceFlags, transport: TransportPolicy) {
     assert!(info.ready);
     let version = info.version.as_ref().expect("Ready carries the peer's version");
     assert!(version.user_agent.starts_with("/Satoshi:"), "user agent {:?}", version.user_agent);

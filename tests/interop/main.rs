@@ -9,6 +9,10 @@
 //!   test --all-features --test interop core`. Without it they say on stderr
 //!   that they did not run; `PEERLINK_REQUIRE_BITCOIND=1` (set by `.ci/run`)
 //!   makes that a failure.
+//! - microsocks, a real SOCKS5 server: [`socks`], sessions through it to an
+//!   in-process listener, bcoin and Core. Run when `microsocks` is on `PATH`
+//!   (`apt-get install -y microsocks`); `PEERLINK_REQUIRE_MICROSOCKS=1` (set
+//!   by `.ci/run`) makes its absence a failure.
 
 mod bcoin;
 mod bitcoind;
@@ -16,6 +20,7 @@ mod common;
 mod core;
 #[path = "../support/filter_server.rs"]
 mod filter_server;
+mod socks;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
