@@ -650,30 +650,32 @@ fn a_password_protected_microsocks_checks_the_credentials() {
 /// credentials are refused at the method selection, with a typed error;
 /// `ProxyAuth::None` gets through (the session tests above).
 #[test]
-fn microsocks_without_auth_refuses_an_offer_of_username_password_only() {
+fn microsocks_without_auth_takes_isolation_and_refuses_fixed_credentials() {
     let Some(proxy) = Microsocks::start() else { return };
     let (server, addr) = listener(TransportPolicy::V1Only);
+    // Fixed credentials offer username/password alone: refused.
     let fixed = ProxyAuth::Fixed(Credentials::new("alice", "secret").expect("valid credentials"));
-    for auth in [ProxyAuth::Isolated, fixed] {
-        let client = peerlink::start(proxied(proxy.proxy(auth.clone()), TransportPolicy::V1Only)).expect("start");
-        let error = failure(&client, addr);
-        match &error {
-            ConnectError::Proxy(ProxyError {
-                proxy: at,
-                kind: ProxyFailure::Socks5(Socks5Error::NoAcceptableMethod { offered_password: true }),
-            }) => assert_eq!(*at, proxy.addr),
-            other => panic!("{auth:?}: expected no acceptable method, got {other:?}"),
-        }
-        assert_eq!(
-            Report(&error).to_string(),
-            format!("proxy {}: username/password authentication not accepted", proxy.addr),
-            "{auth:?}"
-        );
+    let client = peerlink::start(proxied(proxy.proxy(fixed), TransportPolicy::V1Only)).expect("start");
+    let error = failure(&client, addr);
+    match &error {
+        ConnectError::Proxy(ProxyError {
+            proxy: at,
+            kind: ProxyFailure::Socks5(Socks5Error::NoAcceptableMethod { offered_password: true }),
+        }) => assert_eq!(*at, proxy.addr),
+        other => panic!("expected no acceptable method, got {other:?}"),
     }
-    let client = peerlink::start(proxied(proxy.proxy(ProxyAuth::None), TransportPolicy::V1Only)).expect("start");
-    let (_, info) = ready(&client, addr);
-    check_proxied(&info, &proxy, &Target::Socket(addr));
-    wait_for(&server, "the session without authentication at the listener", |e| {
-        matches!(e, Event::Ready { .. }).then_some(())
-    });
+    assert_eq!(
+        Report(&error).to_string(),
+        format!("proxy {}: username/password authentication not accepted", proxy.addr)
+    );
+    // Isolation, the default, offers none and username/password as Core
+    // does (microsocks picks none), and no authentication at all works too.
+    for auth in [ProxyAuth::Isolated, ProxyAuth::None] {
+        let client = peerlink::start(proxied(proxy.proxy(auth.clone()), TransportPolicy::V1Only)).expect("start");
+        let (_, info) = ready(&client, addr);
+        check_proxied(&info, &proxy, &Target::Socket(addr));
+        wait_for(&server, "the session without authentication at the listener", |e| {
+            matches!(e, Event::Ready { .. }).then_some(())
+        });
+    }
 }
