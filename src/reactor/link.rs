@@ -744,6 +744,12 @@ where
             Ok(crate::socks5::Progress::Connected { bound }) => {
                 log::debug!("peer {}: proxy {} connected to {} (bound {bound})", self.id, tunnel.proxy, self.target);
                 let leftover = tunnel.handshake.take_leftover();
+                // A proxy that answered ahead of our request: what is still
+                // owed to it goes first, so the stream stays in order.
+                let owed = tunnel.handshake.poll_transmit();
+                if !owed.is_empty() {
+                    self.tx.splice(self.tx_pos..self.tx_pos, owed.iter().copied());
+                }
                 self.tunnel = None;
                 self.transport_up(cx);
                 if leftover.is_empty() { Ok(()) } else { self.handle_input(&leftover, cx) }

@@ -36,6 +36,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::{BlockHash, Network};
 
+use super::dial::{Dial, Tunnel};
 use super::link::{Closed, Ctx, End, Limits, Link, Pool, Sink, State};
 use super::shared::{Gate, Shared};
 use super::tests::{Wire, tx};
@@ -199,6 +200,11 @@ struct Pipe {
     written: u64,
     /// Stream offset of a byte to flip on its way (a misbehaving sender).
     corrupt_at: Option<u64>,
+    /// Bytes a SOCKS5 proxy in the path still takes off the start of this
+    /// stream (its handshake with the client) before it relays.
+    proxy_takes: usize,
+    /// What the proxy took.
+    to_proxy: Vec<u8>,
 }
 
 impl Pipe {
@@ -213,7 +219,17 @@ impl Pipe {
             reader_gone: false,
             written: 0,
             corrupt_at: None,
+            proxy_takes: 0,
+            to_proxy: Vec::new(),
         }
+    }
+
+    /// Bytes the proxy in the path sends on this stream ahead of the peer's.
+    fn inject(&mut self, bytes: &[u8], now: Instant) {
+        let arrival = self.last_arrival.max(now + ms(self.params.latency_ms));
+        self.last_arrival = arrival;
+        self.segments.push_back((arrival, bytes.to_vec()));
+        self.len += bytes.len();
     }
 
     fn write(&mut self, data: &[u8], now: Instant, rng: &mut Rng) -> io::Result<usize> {
@@ -232,6 +248,16 @@ impl Pipe {
         if n == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        let to_proxy = n.min(self.proxy_takes);
+        if to_proxy > 0 {
+            self.to_proxy.extend_from_slice(&data[..to_proxy]);
+            self.proxy_takes -= to_proxy;
+            if to_proxy == n {
+                return Ok(n);
+            }
+        }
+        let data = &data[to_proxy..];
+        let n = n - to_proxy;
         let mut bytes = data[..n].to_vec();
         if let Some(at) = self.corrupt_at
             && (self.written..self.written + n as u64).contains(&at)
@@ -245,7 +271,7 @@ impl Pipe {
         self.last_arrival = arrival;
         self.segments.push_back((arrival, bytes));
         self.len += n;
-        Ok(n)
+        Ok(n + to_proxy)
     }
 
     fn read(&mut self, buf: &mut [u8], now: Instant) -> io::Result<usize> {
@@ -455,6 +481,10 @@ impl<P: Wire> Side<P> {
                     peer,
                     match error {
                         ConnectError::Timeout(_) => Outcome::ConnectTimeout,
+                        ConnectError::Proxy(crate::socks5::ProxyError {
+                            kind: crate::socks5::ProxyFailure::Timeout { .. },
+                            ..
+                        }) => Outcome::ConnectTimeout,
                         other => Outcome::ConnectOther(format!("{other:?}")),
                     },
                 )),
@@ -629,8 +659,51 @@ const POLICIES: [(TransportPolicy, TransportPolicy); 7] = [
     (TransportPolicy::V1Only, TransportPolicy::V2Preferred),
 ];
 
+/// A SOCKS5 proxy in the path of every connection of a pair: it takes the
+/// client's handshake off the start of the client's stream, answers ahead of
+/// the server's bytes (choosing username/password or none), and relays.
+#[derive(Debug, Clone, Copy)]
+struct SimProxy {
+    password: bool,
+}
+
+impl SimProxy {
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9050))
+    }
+
+    /// How the client dials through it: one deadline for the whole path.
+    fn dial(index: usize, deadline: Instant) -> Dial {
+        let target = crate::socks5::Target::Addr(server_addr(index));
+        let credentials = crate::socks5::Credentials::new("u", "p").expect("valid");
+        let handshake = crate::socks5::Handshake::new(target, crate::socks5::Auth::PasswordOrNone(credentials));
+        let tunnel = Tunnel { proxy: SimProxy::addr(), handshake: Box::new(handshake) };
+        Dial { target: server_addr(index).into(), deadline, rest: Vec::new(), tunnel: Some(tunnel) }
+    }
+
+    /// What the client must send the proxy: the greeting, the credentials
+    /// if the proxy picks them, the `CONNECT` for the server.
+    fn expected(self, index: usize) -> Vec<u8> {
+        let mut bytes = vec![5, 2, 0, 2];
+        if self.password {
+            bytes.extend_from_slice(&[1, 1, b'u', 1, b'p']);
+        }
+        bytes.extend_from_slice(&[5, 1, 0, 1, 127, 0, 0, 1]);
+        bytes.extend_from_slice(&server_addr(index).port().to_be_bytes());
+        bytes
+    }
+
+    fn replies(self) -> Vec<u8> {
+        let mut bytes = if self.password { vec![5, 2, 1, 0] } else { vec![5, 0] };
+        bytes.extend_from_slice(&[5, 0, 0, 1, 10, 0, 0, 1, 0x1f, 0x90]);
+        bytes
+    }
+}
+
 struct Pair<P: Wire> {
     index: usize,
+    /// Every connection of the client goes through this proxy.
+    proxy: Option<SimProxy>,
     label: String,
     client: Side<P>,
     server: Side<P>,
@@ -714,6 +787,12 @@ impl<P: Wire> Pair<P> {
         self.client.slots.is_empty() && self.server.slots.is_empty() && self.pending_connect.is_none()
     }
 
+    /// How the client's link started at `now` reaches the server: through
+    /// the pair's proxy, or directly (`None`).
+    fn dial(&self, now: Instant) -> Option<Dial> {
+        self.proxy.map(|_| SimProxy::dial(self.index, now + self.client.env.limits.connect_timeout))
+    }
+
     /// Opens the client's link (connecting).
     fn start(&mut self, rng: &mut Rng) {
         let codec = self.client.factory.make(Direction::Outbound, &server_addr(self.index).into());
@@ -727,7 +806,7 @@ impl<P: Wire> Pair<P> {
             gate,
             VecDeque::new(),
             rng.bytes32(),
-            None,
+            self.dial(self.t0),
             &mut self.client.env.cx(),
         )
         .unwrap_or_else(|e| self.fail(format!("client link refused to start: {e:?}")));
@@ -738,7 +817,13 @@ impl<P: Wire> Pair<P> {
     /// it, the client sees it connected.
     fn accept(&mut self, now: Instant, rng: &mut Rng) {
         let conn = self.conns.len();
-        self.conns.push(Conn { c2s: Pipe::new(self.pipe_params, now), s2c: Pipe::new(self.pipe_params, now) });
+        let mut c2s = Pipe::new(self.pipe_params, now);
+        let mut s2c = Pipe::new(self.pipe_params, now);
+        if let Some(proxy) = self.proxy {
+            c2s.proxy_takes = proxy.expected(self.index).len();
+            s2c.inject(&proxy.replies(), now);
+        }
+        self.conns.push(Conn { c2s, s2c });
         let id = PeerId(self.next_server_id);
         self.next_server_id += 1;
         let codec = self.server.factory.make(Direction::Inbound, &client_addr(self.index).into());
@@ -884,7 +969,7 @@ impl<P: Wire> Pair<P> {
                     gate,
                     held,
                     rng.bytes32(),
-                    None,
+                    self.dial(now),
                     &mut self.client.env.cx(),
                 )
                 .unwrap_or_else(|e| self.fail(format!("retry refused to start: {e:?}")));
@@ -989,6 +1074,17 @@ impl<P: Wire> Pair<P> {
 
     /// Every check at the end of the run.
     fn check(&self) {
+        if let Some(proxy) = self.proxy {
+            let expected = proxy.expected(self.index);
+            for (i, conn) in self.conns.iter().enumerate() {
+                // Before the client's link fails or gets the whole reply it
+                // may have written part of its handshake only.
+                let sent = &conn.c2s.to_proxy;
+                if !expected.starts_with(sent) || (conn.c2s.written > 0 && *sent != expected) {
+                    self.fail(format!("conn {i}: the proxy got {sent:02x?}, expected {expected:02x?}"));
+                }
+            }
+        }
         let (c, s) = (&self.client, &self.server);
         if let Ending::Unreachable = self.ending {
             if c.rec.ended != [(CLIENT_ID, Outcome::ConnectTimeout)] {
@@ -1282,11 +1378,18 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, proto: im
         5 => Ending::Corrupt { who: Who::Server, at },
         _ => Ending::Corrupt { who, at },
     };
+    // Drawn last, so the other parameters of each seed stay as they were.
+    let proxy = rng.chance(30).then(|| SimProxy { password: rng.chance(50) });
     let label = format!(
-        "{} {}->{} {profile:?} pipe {pipe_params:?} limits {}/{} in-flight {}/{} ending {ending:?}",
+        "{} {}->{}{} {profile:?} pipe {pipe_params:?} limits {}/{} in-flight {}/{} ending {ending:?}",
         if raw { "raw" } else { "session" },
         policies.0,
         policies.1,
+        match proxy {
+            Some(SimProxy { password: true }) => " via proxy (password)",
+            Some(SimProxy { password: false }) => " via proxy",
+            None => "",
+        },
         client.env.limits.send_buffer,
         server.env.limits.send_buffer,
         client.max_in_flight,
@@ -1294,6 +1397,7 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, proto: im
     );
     let mut pair = Pair {
         index,
+        proxy,
         label,
         client,
         server,
