@@ -576,6 +576,28 @@ fn handshake_runs_through_a_socks5_proxy() {
     assert!(ua.contains("/handshake:"), "{ua}");
 }
 
+/// The v2-to-v1 fallback through the proxy: a v1-only peer closes the v2
+/// attempt, and the v1 retry is a second request to the proxy, with
+/// credentials of its own; nothing goes direct.
+#[test]
+fn handshake_falls_back_to_v1_through_the_proxy() {
+    let mut config = crate::session_test_config();
+    config.transport = peerlink::wire::TransportPolicy::V1Only;
+    config.listen.push(crate::common::localhost());
+    let (_server, addr) = crate::common::listener_with(config);
+    let socks = SocksServer::start(Options::default());
+    let args = strings(&[&addr, &"--network", &"regtest", &"--transport", &"auto", &"--proxy", &socks.addr()]);
+    let run = run_example("handshake", &args);
+    assert!(run.status.success(), "{run}");
+    assert!(run.lines().contains(&"transport=v1"), "{run}");
+    let requests = socks.requests();
+    assert_eq!(requests.len(), 2, "the v2 attempt and the v1 retry, both through the proxy: {requests:?}\n{run}");
+    for request in &requests {
+        assert_eq!((&request.target, request.port), (&RequestedTarget::Ip(addr.ip()), addr.port()));
+    }
+    assert_ne!(requests[0].credentials, requests[1].credentials, "the retry is isolated too");
+}
+
 /// An onion peer goes to `--onion-proxy` and a host name to `--proxy`, each
 /// as the name itself (the scripted proxy forwards both to the real peer).
 #[test]
