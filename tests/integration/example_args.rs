@@ -3,9 +3,12 @@
 
 use bitcoin::Network;
 use peerlink::Target;
+#[cfg(feature = "socks")]
 use peerlink::socks5::{Proxy, ProxyAuth};
 
-use crate::example_common::{Proxies, network, target};
+#[cfg(feature = "socks")]
+use crate::example_common::Proxies;
+use crate::example_common::{network, target};
 
 #[test]
 fn network_names_are_cores_plus_aliases() {
@@ -29,6 +32,7 @@ fn network_names_are_cores_plus_aliases() {
     }
 }
 
+#[cfg(feature = "socks")]
 /// Feeds `args` to [`Proxies::take`] the way the examples' loops do: each
 /// argument is offered as a flag, and a taken flag consumes its value.
 /// Returns the proxies and the arguments not taken.
@@ -43,6 +47,7 @@ fn take_all(args: &[&str]) -> Result<(Proxies, Vec<String>), String> {
     Ok((proxies, rest))
 }
 
+#[cfg(feature = "socks")]
 #[test]
 fn proxy_flags_take_an_address_with_optional_credentials() {
     let (proxies, rest) =
@@ -66,6 +71,7 @@ fn proxy_flags_take_an_address_with_optional_credentials() {
     assert_eq!(config.onion_proxy, proxies.onion);
 }
 
+#[cfg(feature = "socks")]
 #[test]
 fn bad_proxy_values_are_refused_without_echoing_credentials() {
     let cases = [
@@ -111,6 +117,7 @@ fn peers_are_ips_host_names_or_onion_names() {
     }
 }
 
+#[cfg(feature = "socks")]
 #[test]
 fn the_proxy_for_a_peer_is_the_onion_proxy_for_onion_peers_only() {
     let onion = target("peer", "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion:8333").unwrap();
