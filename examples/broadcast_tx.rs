@@ -1,15 +1,27 @@
 //! Broadcasts one transaction with the one-shot API and leaves.
 //!
 //! ```text
-//! cargo run --example broadcast_tx -- --network NET --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX
+//! cargo run --example broadcast_tx -- --network NET --peer PEER [--peer PEER ...] [--timeout SECS]
+//!     [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT] TX_HEX
 //! ```
+//!
+//! Each `PEER` is `IP:PORT`, `[IPV6]:PORT`, `HOST:PORT` or `NAME.onion:PORT`.
+//! `--proxy` sends every connection through a SOCKS5 proxy (Bitcoin Core's
+//! `-proxy`), which then also resolves host names: nothing connects
+//! directly, the v2-to-v1 fallback retry included. `--onion-proxy` is the
+//! proxy for onion peers (Core's `-onion`, falling back to `--proxy`).
+//! Without `USER:PASS@` each connection gets fresh credentials, so Tor puts
+//! every peer on a circuit of its own. A peer line names its proxy's address
+//! (`proxy=ADDR`), never the credentials.
 //!
 //! Prints the txid, then one line per peer with its outcome: `delivered` (the
 //! peer fetched the transaction and confirmed processing it),
 //! `not-requested` (it processed the announcement but did not ask for the
 //! transaction within Bitcoin Core's request delays: it may already have it,
-//! as after a second broadcast of the same transaction) or `failed`. Exits 0
-//! when at least one peer was `delivered` or `not-requested`.
+//! as after a second broadcast of the same transaction) or `failed` (with the
+//! reason, e.g. `reason=could not connect: proxy 127.0.0.1:9050: connection
+//! to the proxy failed: ...`). Exits 0 when at least one peer was
+//! `delivered` or `not-requested`, 1 otherwise.
 
 mod common;
 
@@ -23,11 +35,13 @@ use peerlink::Config;
 use peerlink::broadcast::DeliveryKind;
 use peerlink::error::Report;
 
-const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer ADDR [--peer ADDR ...] [--timeout SECS] TX_HEX";
+const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer PEER [--peer PEER ...] [--timeout SECS] [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT] TX_HEX
+  PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT";
 
 struct Args {
     network: bitcoin::Network,
     peers: Vec<Target>,
+    proxies: common::Proxies,
     timeout: Duration,
     tx: Transaction,
 }
@@ -35,14 +49,18 @@ struct Args {
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut network = None;
     let mut peers = Vec::new();
+    let mut proxies = common::Proxies::default();
     let mut timeout = Duration::from_secs(30);
     let mut tx = None;
     while let Some(arg) = args.next() {
+        if proxies.take(&arg, &mut args)? {
+            continue;
+        }
         match arg.as_str() {
             "--network" => network = Some(common::network(&common::value(&mut args, "--network")?)?),
             "--peer" => {
                 let v = common::value(&mut args, "--peer")?;
-                peers.push(v.parse().map_err(|e| format!("bad --peer address {v:?}: {}", Report(&e)))?);
+                peers.push(common::target("--peer address", &v)?);
             }
             "--timeout" => {
                 let v = common::value(&mut args, "--timeout")?;
@@ -64,7 +82,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if peers.is_empty() {
         return Err("at least one --peer is required".into());
     }
-    Ok(Args { network, peers, timeout, tx: tx.ok_or("TX_HEX is required")? })
+    Ok(Args { network, peers, proxies, timeout, tx: tx.ok_or("TX_HEX is required")? })
 }
 
 fn main() -> ExitCode {
@@ -79,6 +97,7 @@ fn main() -> ExitCode {
     let mut config = Config::new(args.network);
     config.session.user_agent_name = Some("broadcast_tx".into());
     config.session.relay = false;
+    args.proxies.apply(&mut config);
     let outcomes = match peerlink::broadcast::broadcast(config, &args.tx, &args.peers, args.timeout) {
         Ok(o) => o,
         Err(e) => {
@@ -101,14 +120,20 @@ fn main() -> ExitCode {
                     }
                 };
                 println!(
-                    "peer={} result={result} ua={:?} announced_by={} elapsed={:.3}s",
+                    "peer={}{} result={result} ua={:?} announced_by={} elapsed={:.3}s",
                     outcome.target,
+                    args.proxies.describe(&outcome.target),
                     d.user_agent,
                     if d.by_wtxid { "wtxid" } else { "txid" },
                     d.elapsed.as_secs_f64()
                 );
             }
-            Err(e) => println!("peer={} result=failed reason={}", outcome.target, Report(e)),
+            Err(e) => println!(
+                "peer={}{} result=failed reason={}",
+                outcome.target,
+                args.proxies.describe(&outcome.target),
+                Report(e)
+            ),
         }
     }
     let failed = outcomes.len() - sent - not_requested;

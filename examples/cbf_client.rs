@@ -1,8 +1,15 @@
 //! A BIP157/158 compact-block-filter light client sketch on top of peerlink.
 //!
 //! ```text
-//! cargo run --example cbf_client -- --network NET --peer ADDR [--script HEX ...]
+//! cargo run --example cbf_client -- --network NET --peer PEER [--script HEX ...]
+//!     [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT]
 //! ```
+//!
+//! `PEER` is `IP:PORT`, `[IPV6]:PORT`, `HOST:PORT` or `NAME.onion:PORT`.
+//! `--proxy` sends the connection through a SOCKS5 proxy (Bitcoin Core's
+//! `-proxy`), which then also resolves host names; `--onion-proxy` is the
+//! proxy for an onion peer (Core's `-onion`, falling back to `--proxy`).
+//! Lines name the proxy's address (`proxy=ADDR`), never the credentials.
 //!
 //! 1. Connects in session mode, requiring NODE_COMPACT_FILTERS: a peer that
 //!    does not advertise it is refused during the handshake and never sees a
@@ -13,11 +20,11 @@
 //! 4. Fetches every basic filter with `getcfilters` (batches of up to 1,000)
 //!    and checks each filter against the header chain.
 //! 5. Prints `match height=H` for every block whose filter matches a given
-//!    script, then `synced tip=H filters=N`. Exits 0 on a verified sync.
+//!    script, then `synced tip=H filters=N`. Exits 0 on a verified sync;
+//!    a failure, a proxy's included, is one `error: ...` line and exit code 1.
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -30,9 +37,10 @@ use bitcoin::p2p::message_blockdata::GetHeadersMessage;
 use bitcoin::p2p::message_filter::{GetCFCheckpt, GetCFHeaders, GetCFilters};
 use bitcoin::{BlockHash, ScriptBuf};
 use peerlink::error::Report;
-use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError};
+use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError, Target};
 
-const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest --peer ADDR [--script HEX ...]";
+const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest --peer PEER [--script HEX ...] [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT]
+  PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT";
 /// BIP157: filter type 0 is the basic filter.
 const BASIC: u8 = 0;
 /// BIP157: at most 2,000 filter headers per `getcfheaders`.
@@ -47,18 +55,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Args {
     network: bitcoin::Network,
-    peer: SocketAddr,
+    peer: Target,
+    proxies: common::Proxies,
     scripts: Vec<ScriptBuf>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut network, mut peer, mut scripts) = (None, None, Vec::new());
+    let mut proxies = common::Proxies::default();
     while let Some(arg) = args.next() {
+        if proxies.take(&arg, &mut args)? {
+            continue;
+        }
         match arg.as_str() {
             "--network" => network = Some(common::network(&common::value(&mut args, "--network")?)?),
             "--peer" => {
                 let v = common::value(&mut args, "--peer")?;
-                peer = Some(v.parse().map_err(|e| format!("bad --peer address {v:?}: {}", Report(&e)))?);
+                peer = Some(common::target("--peer address", &v)?);
             }
             "--script" => {
                 let v = common::value(&mut args, "--script")?;
@@ -68,7 +81,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             s => return Err(format!("unexpected argument {s:?}")),
         }
     }
-    Ok(Args { network: network.ok_or("--network is required")?, peer: peer.ok_or("--peer is required")?, scripts })
+    Ok(Args {
+        network: network.ok_or("--network is required")?,
+        peer: peer.ok_or("--peer is required")?,
+        proxies,
+        scripts,
+    })
 }
 
 fn main() -> ExitCode {
@@ -128,15 +146,17 @@ fn run(args: &Args) -> Result<(), String> {
     config.session.user_agent_name = Some("cbf_client".into());
     config.session.relay = false;
     config.session.required_services = ServiceFlags::COMPACT_FILTERS;
+    args.proxies.apply(&mut config);
     let handle = peerlink::start(config).map_err(|e| Report(&e).to_string())?;
-    let peer = handle.connect(args.peer).map_err(|e| Report(&e).to_string())?;
+    let peer = handle.connect(args.peer.clone()).map_err(|e| Report(&e).to_string())?;
     loop {
         match handle.recv_timeout(Duration::from_secs(90)).map_err(|_| "no handshake within 90 s".to_string())? {
             Event::Ready { info, .. } => {
                 let v = info.version.unwrap_or_else(|| unreachable!("ready peers have a version"));
                 println!(
-                    "ready peer={} ua={:?} services={}",
+                    "ready peer={}{} ua={:?} services={}",
                     args.peer,
+                    info.proxy.map_or_else(String::new, |p| format!(" proxy={p}")),
                     v.user_agent,
                     common::service_names(v.services)
                 );

@@ -2,10 +2,20 @@
 //! peer told us, then measures the ping round trip.
 //!
 //! ```text
-//! cargo run --example handshake -- ADDR [--network NET] [--user-agent S] [--hold SECS] [--transport v1|v2|auto]
+//! cargo run --example handshake -- PEER [--network NET] [--user-agent S] [--hold SECS] [--transport v1|v2|auto]
+//!     [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT]
 //! ```
 //!
+//! `PEER` is `IP:PORT`, `[IPV6]:PORT`, `HOST:PORT` or `NAME.onion:PORT`.
+//! `--proxy` sends every connection through a SOCKS5 proxy (Bitcoin Core's
+//! `-proxy`), which then also resolves host names; `--onion-proxy` is the
+//! proxy for onion peers (Core's `-onion`, falling back to `--proxy`).
+//! Without `USER:PASS@` each connection gets fresh credentials, so Tor puts
+//! it on a circuit of its own. Lines name the proxy's address
+//! (`proxy=ADDR`), never the credentials.
+//!
 //! One line per step; exits 0 only when the handshake and ping succeeded.
+//! A failure, a proxy's included, is one `error: ...` line and exit code 1.
 //! With `--hold` it stays connected SECS seconds (the session answers the
 //! peer's pings) before disconnecting. `--transport` picks v1, BIP324 v2, or
 //! v2 with the v1 fallback (`auto`, the default); the transport used is
@@ -14,18 +24,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bitcoin::p2p::message::NetworkMessage;
 use peerlink::error::Report;
-use peerlink::{Config, Disconnect, Event};
+use peerlink::{Config, Disconnect, Event, Target};
 
-const USAGE: &str = "usage: handshake ADDR [--network main|test|testnet4|signet|regtest] [--user-agent S] [--hold SECS] [--transport v1|v2|auto]";
+const USAGE: &str = "usage: handshake PEER [--network main|test|testnet4|signet|regtest] [--user-agent S] [--hold SECS] [--transport v1|v2|auto] [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT]
+  PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT";
 
 struct Args {
-    addr: SocketAddr,
+    target: Target,
+    proxies: common::Proxies,
     network: bitcoin::Network,
     user_agent: Option<String>,
     hold: Option<Duration>,
@@ -33,12 +44,16 @@ struct Args {
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut addr = None;
+    let mut target = None;
+    let mut proxies = common::Proxies::default();
     let mut network = bitcoin::Network::Bitcoin;
     let mut user_agent = None;
     let mut hold = None;
     let mut transport = peerlink::wire::TransportPolicy::V2Preferred;
     while let Some(arg) = args.next() {
+        if proxies.take(&arg, &mut args)? {
+            continue;
+        }
         match arg.as_str() {
             "--network" => network = common::network(&common::value(&mut args, "--network")?)?,
             "--user-agent" => user_agent = Some(common::value(&mut args, "--user-agent")?),
@@ -53,11 +68,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "-h" | "--help" => return Err("help requested".into()),
             s if s.starts_with("--") => return Err(format!("unknown option {s:?}")),
-            s if addr.is_none() => addr = Some(s.parse().map_err(|e| format!("bad address {s:?}: {}", Report(&e)))?),
+            s if target.is_none() => target = Some(common::target("peer address", s)?),
             s => return Err(format!("unexpected argument {s:?}")),
         }
     }
-    Ok(Args { addr: addr.ok_or("ADDR is required")?, network, user_agent, hold, transport })
+    Ok(Args { target: target.ok_or("PEER is required")?, proxies, network, user_agent, hold, transport })
 }
 
 fn main() -> ExitCode {
@@ -80,6 +95,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), String> {
     let mut config = Config::new(args.network);
     config.transport = args.transport;
+    args.proxies.apply(&mut config);
     config.session.user_agent_name = Some("handshake".into());
     config.session.user_agent_version = Some(env!("CARGO_PKG_VERSION").into());
     if let Some(ua) = &args.user_agent {
@@ -92,8 +108,14 @@ fn run(args: Args) -> Result<(), String> {
     }
     let timeout = config.connect_timeout + config.session.handshake_timeout;
     let handle = peerlink::start(config).map_err(|e| Report(&e).to_string())?;
-    println!("connecting addr={} network={} transport={}", args.addr, args.network, args.transport);
-    let peer = handle.connect(args.addr).map_err(|e| Report(&e).to_string())?;
+    println!(
+        "connecting target={} network={} transport={}{}",
+        args.target,
+        args.network,
+        args.transport,
+        args.proxies.describe(&args.target)
+    );
+    let peer = handle.connect(args.target.clone()).map_err(|e| Report(&e).to_string())?;
     let info = loop {
         match handle.recv_timeout(timeout).map_err(|_| "no answer from peer".to_string())? {
             Event::Ready { info, .. } => break info,
@@ -104,9 +126,11 @@ fn run(args: Args) -> Result<(), String> {
     };
     let v = info.version.clone().ok_or("peer is ready but sent no version")?;
     println!(
-        "ready peer={peer} direction={} local={}",
+        "ready peer={peer} target={} direction={} local={}{}",
+        info.target,
         info.direction,
-        info.local_addr.map_or("?".into(), |a| a.to_string())
+        info.local_addr.map_or("?".into(), |a| a.to_string()),
+        info.proxy.map_or_else(String::new, |p| format!(" proxy={p}"))
     );
     println!("user_agent={:?} version={}", v.user_agent, v.version);
     println!("services={}", common::service_names(v.services));

@@ -3,6 +3,10 @@
 #![allow(dead_code, reason = "each example uses a different subset")]
 
 use bitcoin::p2p::ServiceFlags;
+use peerlink::Target;
+use peerlink::error::Report;
+#[cfg(feature = "socks")]
+use {peerlink::Config, peerlink::socks5::Proxy, std::net::SocketAddr};
 
 /// Parses `--network NAME`: Bitcoin Core's `-chain` names (`main`, `test`,
 /// `testnet4`, `signet`, `regtest`, via rust-bitcoin's `Network::from_core_arg`),
@@ -64,4 +68,63 @@ pub fn describe_transport(t: peerlink::codec::Transport) -> String {
 /// Takes the value after a flag.
 pub fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
     args.next().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+/// Parses a peer given as `IP:PORT`, `[IPV6]:PORT`, `HOST:PORT` or
+/// `NAME.onion:PORT` (a [`Target`]); `what` names it in the error.
+pub fn target(what: &str, text: &str) -> Result<Target, String> {
+    text.parse().map_err(|e| format!("bad {what} {text:?}: {}", Report(&e)))
+}
+
+/// The SOCKS5 proxies given with `--proxy` and `--onion-proxy`, each
+/// `[USER:PASS@]IP:PORT`.
+///
+/// Without credentials every connection gets fresh ones (Tor's
+/// `IsolateSOCKSAuth` then puts each on its own circuit). The credentials
+/// are never printed: errors and [`Proxies::describe`] name the address only.
+#[cfg(feature = "socks")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proxies {
+    /// `--proxy`: every outbound connection ([`Config::proxy`]).
+    pub proxy: Option<Proxy>,
+    /// `--onion-proxy`: onion targets ([`Config::onion_proxy`]).
+    pub onion: Option<Proxy>,
+}
+
+#[cfg(feature = "socks")]
+impl Proxies {
+    /// If `flag` is `--proxy` or `--onion-proxy`, takes its value from
+    /// `args`, records it and returns `Ok(true)`; `Ok(false)` for any other
+    /// flag.
+    pub fn take(&mut self, flag: &str, args: &mut impl Iterator<Item = String>) -> Result<bool, String> {
+        let slot = match flag {
+            "--proxy" => &mut self.proxy,
+            "--onion-proxy" => &mut self.onion,
+            _ => return Ok(false),
+        };
+        let text = value(args, flag)?;
+        // The error quotes the address part (after any `@`), never the credentials.
+        *slot = Some(text.parse::<Proxy>().map_err(|e| format!("bad {flag} value: {}", Report(&e)))?);
+        Ok(true)
+    }
+
+    /// Sets [`Config::proxy`] and [`Config::onion_proxy`].
+    pub fn apply(&self, config: &mut Config) {
+        config.proxy = self.proxy.clone();
+        config.onion_proxy = self.onion.clone();
+    }
+
+    /// The address of the proxy a connection to `target` goes through:
+    /// `--onion-proxy` (else `--proxy`) for an onion target, `--proxy` for
+    /// any other.
+    pub fn for_target(&self, target: &Target) -> Option<SocketAddr> {
+        let proxy = if target.is_onion() { self.onion.as_ref().or(self.proxy.as_ref()) } else { self.proxy.as_ref() };
+        proxy.map(|p| p.addr)
+    }
+
+    /// ` proxy=ADDR` when a connection to `target` goes through a proxy,
+    /// else nothing: for the end of a printed line.
+    pub fn describe(&self, target: &Target) -> String {
+        self.for_target(target).map_or_else(String::new, |addr| format!(" proxy={addr}"))
+    }
 }

@@ -1,16 +1,23 @@
+//! The examples as child processes.
+//!
 //! The `listen` example survives any one peer: a peer that resets, one that
 //! sends a bad frame and one that floods pings without reading must neither
-//! end the process nor stop it serving the next peer.
+//! end the process nor stop it serving the next peer. Its stdout lines are
+//! read by a thread and waited for with a timeout; the raw clients speak v1
+//! on regtest.
 //!
-//! The example is built once and run as a child process; its stdout lines
-//! are read by a thread and waited for with a timeout. The raw clients speak
-//! v1 on regtest.
+//! `handshake`, `broadcast_tx` and `cbf_client` reach in-process peers
+//! through the scripted SOCKS5 server (`--proxy`, `--onion-proxy`), and a
+//! proxy that is down costs them one `error:` or `result=failed` line naming
+//! it, while nothing connects directly.
+//!
+//! The examples are built once, with one `cargo build`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -22,6 +29,7 @@ use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
 
 use crate::common::{NET, WAIT};
+use crate::socks_server::{LeakListener, Options, RequestedTarget, SocksServer};
 
 /// Startup includes loading the binary on a loaded machine; only reached
 /// when the example fails to start.
@@ -29,26 +37,39 @@ const START: Duration = Duration::from_secs(60);
 /// Lines of the child's output kept for failure messages.
 const RECENT: usize = 40;
 
-/// Builds the `listen` example once (default features, the way a user
-/// runs it) and returns the path of its binary.
-fn listen_binary() -> &'static PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
+/// The examples these tests run.
+const EXAMPLES: [&str; 4] = ["listen", "handshake", "broadcast_tx", "cbf_client"];
+
+/// Builds every example in [`EXAMPLES`] once, in one `cargo build` (default
+/// features, the way a user runs them), and returns the path of `name`'s
+/// binary.
+fn example_binary(name: &str) -> &'static PathBuf {
+    static BINARIES: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let binaries = BINARIES.get_or_init(|| {
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-        let output = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "listen", "--message-format=json", "--manifest-path", manifest])
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
-        assert!(output.status.success(), "cargo build --example listen failed ({})", output.status);
+        let mut command = Command::new(env!("CARGO"));
+        command.args(["build", "--quiet", "--message-format=json", "--manifest-path", manifest]);
+        for example in EXAMPLES {
+            command.args(["--example", example]);
+        }
+        let output = command.stderr(Stdio::inherit()).output().unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+        assert!(output.status.success(), "cargo build of the examples failed ({})", output.status);
         let stdout = String::from_utf8_lossy(&output.stdout);
-        stdout
+        let binaries: HashMap<String, PathBuf> = stdout
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "listen")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .unwrap_or_else(|| panic!("cargo reported no executable for the listen example:\n{stdout}"))
-    })
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"][0] == "example")
+            .filter_map(|m| {
+                let executable = m["executable"].as_str()?;
+                Some((m["target"]["name"].as_str()?.to_owned(), PathBuf::from(executable)))
+            })
+            .collect();
+        for example in EXAMPLES {
+            assert!(binaries.contains_key(example), "cargo reported no executable for {example}:\n{stdout}");
+        }
+        binaries
+    });
+    binaries.get(name).unwrap_or_else(|| panic!("{name} is not in EXAMPLES"))
 }
 
 /// A running `listen` process; killed when dropped.
@@ -63,7 +84,7 @@ struct Listen {
 
 impl Listen {
     fn start(extra: &[&str]) -> Listen {
-        let mut child = Command::new(listen_binary())
+        let mut child = Command::new(example_binary("listen"))
             .args(["--bind", "127.0.0.1:0", "--network", "regtest"])
             .args(extra)
             .stdin(Stdio::null())
@@ -443,4 +464,241 @@ fn listen_answers_a_fast_reader_in_order() {
     listen.assert_alive();
     let backlogs = assert_never_dropped(&mut listen, &id);
     eprintln!("listen held replies {backlogs} time(s)");
+}
+
+/// What a finished example printed, and how it ended.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.status, self.stdout, self.stderr)
+    }
+}
+
+/// Runs example `name` with `args` to its end; kills it and fails if it is
+/// not done within [`START`] (the examples bound their own waits well below).
+fn run_example(name: &str, args: &[String]) -> Run {
+    let mut child = Command::new(example_binary(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    // Each pipe is read to its end, which comes when the process exits.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = tx.send(text);
+        });
+        rx
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + START;
+    let mut collect = |rx: Receiver<String>| match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(text) => text,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} {args:?} did not finish within {START:?}");
+        }
+    };
+    let (stdout, stderr) = (collect(stdout), collect(stderr));
+    let status = child.wait().unwrap_or_else(|e| panic!("waiting for {name}: {e}"));
+    Run { status, stdout, stderr }
+}
+
+fn strings(args: &[&dyn std::fmt::Display]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// A session-mode listener on regtest, the peer behind the proxy.
+fn session_peer() -> (peerlink::Handle, SocketAddr) {
+    let mut config = crate::session_test_config();
+    config.listen.push(crate::common::localhost());
+    crate::common::listener_with(config)
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind(crate::common::localhost()).unwrap().local_addr().unwrap()
+}
+
+/// Asserts the proxy was asked for `target`, once, with fresh credentials
+/// (username/password only, username equal to password, as Core's
+/// isolation does) that `run` never printed.
+fn assert_one_isolated_request(socks: &SocksServer, target: RequestedTarget, port: u16, run: &Run) {
+    let requests = socks.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}\n{run}");
+    assert_eq!((&requests[0].target, requests[0].port), (&target, port), "{run}");
+    assert_eq!(requests[0].methods, [0x02], "isolation offers username/password only");
+    let (user, pass) = requests[0].credentials.clone().expect("isolated credentials");
+    assert_eq!(user, pass);
+    let user = String::from_utf8(user).expect("text credentials");
+    assert!(!run.stdout.contains(&user) && !run.stderr.contains(&user), "credentials printed:\n{run}");
+}
+
+/// `handshake` through the proxy: the connect and ready lines name it, the
+/// handshake and ping succeed, and the proxy was asked for the peer.
+#[test]
+fn handshake_runs_through_a_socks5_proxy() {
+    let (server, addr) = session_peer();
+    let socks = SocksServer::start(Options::default());
+    let run = run_example("handshake", &strings(&[&addr, &"--network", &"regtest", &"--proxy", &socks.addr()]));
+    assert!(run.status.success(), "{run}");
+    let lines = run.lines();
+    let proxy = format!("proxy={}", socks.addr());
+    assert_eq!(lines[0], format!("connecting target={addr} network=regtest transport=auto {proxy}"), "{run}");
+    let ready = lines.iter().find(|l| l.starts_with("ready ")).unwrap_or_else(|| panic!("no ready line:\n{run}"));
+    assert!(ready.contains(&format!(" target={addr} ")) && ready.ends_with(&format!(" {proxy}")), "{run}");
+    assert!(lines.iter().any(|l| l.starts_with("transport=v2 session_id=")), "{run}");
+    assert!(lines.iter().any(|l| l.starts_with("ping rtt=")), "{run}");
+    assert_one_isolated_request(&socks, RequestedTarget::Ip(addr.ip()), addr.port(), &run);
+    // The peer saw the handshake's user agent, from the proxy's socket.
+    let info = crate::common::wait_for(&server, |e| match e {
+        peerlink::Event::Ready { info, .. } => Some(*info),
+        _ => None,
+    });
+    let ua = info.version.expect("a version").user_agent;
+    assert!(ua.contains("/handshake:"), "{ua}");
+}
+
+/// The v2-to-v1 fallback through the proxy: a v1-only peer closes the v2
+/// attempt, and the v1 retry is a second request to the proxy, with
+/// credentials of its own; nothing goes direct.
+#[test]
+fn handshake_falls_back_to_v1_through_the_proxy() {
+    let mut config = crate::session_test_config();
+    config.transport = peerlink::wire::TransportPolicy::V1Only;
+    config.listen.push(crate::common::localhost());
+    let (_server, addr) = crate::common::listener_with(config);
+    let socks = SocksServer::start(Options::default());
+    let args = strings(&[&addr, &"--network", &"regtest", &"--transport", &"auto", &"--proxy", &socks.addr()]);
+    let run = run_example("handshake", &args);
+    assert!(run.status.success(), "{run}");
+    assert!(run.lines().contains(&"transport=v1"), "{run}");
+    let requests = socks.requests();
+    assert_eq!(requests.len(), 2, "the v2 attempt and the v1 retry, both through the proxy: {requests:?}\n{run}");
+    for request in &requests {
+        assert_eq!((&request.target, request.port), (&RequestedTarget::Ip(addr.ip()), addr.port()));
+    }
+    assert_ne!(requests[0].credentials, requests[1].credentials, "the retry is isolated too");
+}
+
+/// An onion peer goes to `--onion-proxy` and a host name to `--proxy`, each
+/// as the name itself (the scripted proxy forwards both to the real peer).
+#[test]
+fn handshake_sends_onion_and_host_names_to_the_proxy() {
+    let onion = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion";
+    for (flag, host) in [("--onion-proxy", onion), ("--proxy", "peer.example.org")] {
+        let (_server, addr) = session_peer();
+        let socks = SocksServer::start(Options { forward: Some(addr), ..Options::default() });
+        let target = format!("{host}:8333");
+        let run = run_example("handshake", &strings(&[&target, &"--network", &"regtest", &flag, &socks.addr()]));
+        assert!(run.status.success(), "{run}");
+        let connecting = format!("connecting target={target} network=regtest transport=auto proxy={}", socks.addr());
+        assert_eq!(run.lines()[0], connecting, "{run}");
+        assert_one_isolated_request(&socks, RequestedTarget::Name(host.into()), 8333, &run);
+    }
+}
+
+/// A proxy that is down: one `error:` line naming it and the cause, exit
+/// code 1, and no direct connection to the peer.
+#[test]
+fn handshake_and_cbf_client_report_a_proxy_that_is_down() {
+    // Bound first, so the closed port cannot be its port.
+    let peer = LeakListener::bind(crate::common::localhost().ip());
+    let proxy = closed_port();
+    let runs = [
+        run_example("handshake", &strings(&[&peer.addr(), &"--network", &"regtest", &"--proxy", &proxy])),
+        run_example("cbf_client", &strings(&[&"--network", &"regtest", &"--peer", &peer.addr(), &"--proxy", &proxy])),
+    ];
+    for run in runs {
+        assert_eq!(run.status.code(), Some(1), "{run}");
+        let errors: Vec<&str> = run.lines().into_iter().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{run}");
+        assert_eq!(run.lines().last(), errors.first(), "the error ends the output:\n{run}");
+        assert!(errors[0].contains(&format!("proxy {proxy}: connection to the proxy failed")), "{run}");
+        assert!(run.stderr.is_empty(), "{run}");
+    }
+    assert_eq!(peer.accepted(), 0, "nothing connects directly when a proxy is set");
+}
+
+/// A session node that fetches every announced transaction; returns the
+/// first one once its peer is gone (or nothing after [`WAIT`]).
+fn fetching_node() -> (SocketAddr, JoinHandle<Option<bitcoin::Transaction>>) {
+    let (node, addr) = session_peer();
+    let thread = std::thread::spawn(move || {
+        let mut got = None;
+        while let Ok(event) = node.recv_timeout(WAIT) {
+            match event {
+                peerlink::Event::Message { peer, message: NetworkMessage::Inv(items), .. } => {
+                    node.send(peer, NetworkMessage::GetData(items)).expect("the node is running")
+                }
+                peerlink::Event::Message { message: NetworkMessage::Tx(tx), .. } => got = got.or(Some(tx)),
+                peerlink::Event::Disconnected { .. } if got.is_some() => break,
+                _ => {}
+            }
+        }
+        got
+    });
+    (addr, thread)
+}
+
+/// `broadcast_tx` through the proxy: the peer line names it, the peer got
+/// the transaction, and the proxy was asked for the peer.
+#[test]
+fn broadcast_tx_runs_through_a_socks5_proxy() {
+    let tx = crate::common::big_tx(200);
+    let hex = bitcoin::consensus::encode::serialize_hex(&tx);
+    let (addr, node) = fetching_node();
+    let socks = SocksServer::start(Options::default());
+    let run = run_example(
+        "broadcast_tx",
+        &strings(&[&"--network", &"regtest", &"--proxy", &socks.addr(), &"--peer", &addr, &hex]),
+    );
+    assert!(run.status.success(), "{run}");
+    let lines = run.lines();
+    assert_eq!(lines[0], format!("txid={} wtxid={}", tx.compute_txid(), tx.compute_wtxid()), "{run}");
+    let delivered = format!("peer={addr} proxy={} result=delivered ua=\"/peerlink:", socks.addr());
+    assert!(lines.iter().any(|l| l.starts_with(&delivered) && l.contains(" announced_by=wtxid ")), "{run}");
+    assert_eq!(lines.last().copied(), Some("delivered=1 not_requested=0 failed=0"), "{run}");
+    assert_eq!(node.join().expect("the node thread"), Some(tx), "the node received the transaction");
+    assert_one_isolated_request(&socks, RequestedTarget::Ip(addr.ip()), addr.port(), &run);
+}
+
+/// `broadcast_tx` with its proxy down: the peer's line says why, naming the
+/// proxy; no peer has the transaction, so the exit code is 1; and nothing
+/// connects directly.
+#[test]
+fn broadcast_tx_reports_a_proxy_that_is_down() {
+    let hex = bitcoin::consensus::encode::serialize_hex(&crate::common::big_tx(200));
+    // Bound first, so the closed port cannot be its port.
+    let peer = LeakListener::bind(crate::common::localhost().ip());
+    let proxy = closed_port();
+    let run = run_example(
+        "broadcast_tx",
+        &strings(&[&"--network", &"regtest", &"--proxy", &proxy, &"--peer", &peer.addr(), &hex]),
+    );
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    let failed = format!(
+        "peer={} proxy={proxy} result=failed reason=could not connect: proxy {proxy}: connection to the proxy failed: ",
+        peer.addr()
+    );
+    assert!(run.lines().iter().any(|l| l.starts_with(&failed)), "{run}");
+    assert_eq!(run.lines().last().copied(), Some("delivered=0 not_requested=0 failed=1"), "{run}");
+    assert_eq!(peer.accepted(), 0, "nothing connects directly when a proxy is set");
 }
