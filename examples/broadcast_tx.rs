@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --example broadcast_tx -- --network NET --peer PEER [--peer PEER ...] [--timeout SECS]
-//!     [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT] TX_HEX
+//!     [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
 //! ```
 //!
 //! Each `PEER` is `IP:PORT`, `[IPV6]:PORT`, `HOST:PORT` or `NAME.onion:PORT`.
@@ -35,7 +35,7 @@ use peerlink::Config;
 use peerlink::broadcast::DeliveryKind;
 use peerlink::error::Report;
 
-const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer PEER [--peer PEER ...] [--timeout SECS] [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT] TX_HEX
+const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer PEER [--peer PEER ...] [--timeout SECS] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
   PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT";
 
 struct Args {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --example cbf_client -- --network NET --peer PEER [--script HEX ...]
-//!     [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT]
+//!     [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
 //! ```
 //!
 //! `PEER` is `IP:PORT`, `[IPV6]:PORT`, `HOST:PORT` or `NAME.onion:PORT`.
@@ -39,7 +39,7 @@ use bitcoin::{BlockHash, ScriptBuf};
 use peerlink::error::Report;
 use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError, Target};
 
-const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest --peer PEER [--script HEX ...] [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT]
+const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest --peer PEER [--script HEX ...] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
   PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT";
 /// BIP157: filter type 0 is the basic filter.
 const BASIC: u8 = 0;

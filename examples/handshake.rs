@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example handshake -- PEER [--network NET] [--user-agent S] [--hold SECS] [--transport v1|v2|auto]
-//!     [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT]
+//!     [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
 //! ```
 //!
 //! `PEER` is `IP:PORT`, `[IPV6]:PORT`, `HOST:PORT` or `NAME.onion:PORT`.
@@ -31,7 +31,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use peerlink::error::Report;
 use peerlink::{Config, Disconnect, Event, Target};
 
-const USAGE: &str = "usage: handshake PEER [--network main|test|testnet4|signet|regtest] [--user-agent S] [--hold SECS] [--transport v1|v2|auto] [--proxy [USER:PASS@]IP:PORT] [--onion-proxy [USER:PASS@]IP:PORT]
+const USAGE: &str = "usage: handshake PEER [--network main|test|testnet4|signet|regtest] [--user-agent S] [--hold SECS] [--transport v1|v2|auto] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
   PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT";
 
 struct Args {

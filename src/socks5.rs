@@ -404,7 +404,8 @@ impl AuthSource {
 /// [`Config::onion_proxy`](crate::Config::onion_proxy)): its address and how
 /// each connection authenticates.
 ///
-/// Parsed from `[USER:PASS@]IP:PORT`; without credentials the proxy gets
+/// Parsed from `[USER:PASS@]HOST:PORT` (an IP address, or a host name
+/// looked up at once); without credentials the proxy gets
 /// per-connection credentials ([`ProxyAuth::Isolated`], the default), with
 /// them the same credentials every time ([`ProxyAuth::Fixed`]).
 ///
@@ -416,6 +417,8 @@ impl AuthSource {
 /// let fixed: Proxy = "alice:secret@[::1]:1080".parse()?;
 /// assert_eq!(fixed.addr, "[::1]:1080".parse()?);
 /// assert!(matches!(fixed.auth, ProxyAuth::Fixed(ref c) if c.username() == b"alice"));
+/// let local: Proxy = "localhost:9050".parse()?;
+/// assert!(local.addr.ip().is_loopback());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,9 +458,25 @@ impl std::str::FromStr for Proxy {
                 (ProxyAuth::Fixed(credentials), addr)
             }
         };
-        let addr = addr.parse().map_err(|source| ProxyParseError::Address { text: addr.to_owned(), source })?;
-        Ok(Proxy { addr, auth })
+        Ok(Proxy { addr: proxy_addr(addr)?, auth })
     }
+}
+
+/// `IP:PORT`, or `HOST:PORT` with the proxy's own name looked up here, on
+/// the caller's thread, as Bitcoin Core does for `-proxy`. (Targets behind
+/// the proxy are never looked up.)
+fn proxy_addr(text: &str) -> Result<SocketAddr, ProxyParseError> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = text.rsplit_once(':').ok_or(ProxyParseError::Address)?;
+    let port: u16 = port.parse().map_err(|_| ProxyParseError::Address)?;
+    if host.is_empty() || host.contains(['[', ']', ':', '@', '/']) {
+        return Err(ProxyParseError::Address);
+    }
+    let resolve = |source| ProxyParseError::Resolve { host: host.to_owned(), source };
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map_err(resolve)?;
+    addrs.next().ok_or_else(|| resolve(std::io::ErrorKind::NotFound.into()))
 }
 
 impl fmt::Display for Proxy {
@@ -484,16 +503,20 @@ pub enum ProxyAuth {
     None,
 }
 
-/// Why a `[USER:PASS@]IP:PORT` proxy text was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a `[USER:PASS@]HOST:PORT` proxy text was refused. No variant
+/// repeats the text: it may hold a password.
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum ProxyParseError {
-    /// The part after `@` (or the whole text) is not `IP:PORT`.
-    Address {
-        /// The text that did not parse.
-        text: String,
-        /// Why.
-        source: std::net::AddrParseError,
+    /// The part after `@` (or the whole text) is not `IP:PORT` or
+    /// `HOST:PORT`.
+    Address,
+    /// The proxy's host name did not resolve.
+    Resolve {
+        /// The host name.
+        host: String,
+        /// The resolver's error.
+        source: std::io::Error,
     },
     /// `USER@` without `:PASS`.
     MissingPassword,
@@ -504,7 +527,8 @@ pub enum ProxyParseError {
 impl fmt::Display for ProxyParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProxyParseError::Address { text, .. } => write!(f, "proxy address {text:?} is not IP:PORT"),
+            ProxyParseError::Address => f.write_str("proxy address is not IP:PORT or HOST:PORT"),
+            ProxyParseError::Resolve { host, .. } => write!(f, "cannot resolve proxy host {host}"),
             ProxyParseError::MissingPassword => f.write_str("proxy credentials must be USER:PASS@"),
             ProxyParseError::Credentials(e) => write!(f, "{e}"),
         }
@@ -514,7 +538,7 @@ impl fmt::Display for ProxyParseError {
 impl std::error::Error for ProxyParseError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ProxyParseError::Address { source, .. } => Some(source),
+            ProxyParseError::Resolve { source, .. } => Some(source),
             _ => None,
         }
     }

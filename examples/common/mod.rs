@@ -77,7 +77,7 @@ pub fn target(what: &str, text: &str) -> Result<Target, String> {
 }
 
 /// The SOCKS5 proxies given with `--proxy` and `--onion-proxy`, each
-/// `[USER:PASS@]IP:PORT`.
+/// `[USER:PASS@]HOST:PORT`.
 ///
 /// Without credentials every connection gets fresh ones (Tor's
 /// `IsolateSOCKSAuth` then puts each on its own circuit). The credentials

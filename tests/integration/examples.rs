@@ -544,7 +544,7 @@ fn assert_one_isolated_request(socks: &SocksServer, target: RequestedTarget, por
     let requests = socks.requests();
     assert_eq!(requests.len(), 1, "{requests:?}\n{run}");
     assert_eq!((&requests[0].target, requests[0].port), (&target, port), "{run}");
-    assert_eq!(requests[0].methods, [0x02], "isolation offers username/password only");
+    assert_eq!(requests[0].methods, [0x00, 0x02], "isolation offers none and username/password, as Core does");
     let (user, pass) = requests[0].credentials.clone().expect("isolated credentials");
     assert_eq!(user, pass);
     let user = String::from_utf8(user).expect("text credentials");
