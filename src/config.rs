@@ -73,7 +73,12 @@ pub struct Config {
     /// that peer stops above it. A frame being received may always complete.
     /// Default 5,000,000 (Core's `-maxreceivebuffer`).
     pub receive_buffer_limit: usize,
-    /// Outbound connect timeout. Default 10 s.
+    /// Outbound connect timeout: one deadline for the whole path, the
+    /// lookup of a host name and every address tried, or the TCP connect to
+    /// a proxy and its SOCKS5 exchange (for Tor, reaching an onion service).
+    /// Default 10 s; through Tor to onion services allow 30 s or more
+    /// (Bitcoin Core allows 5 s for the TCP connect plus 20 s for the proxy's
+    /// replies).
     pub connect_timeout: Duration,
     /// Disconnect a peer that reads nothing for this long while data is
     /// queued for it. Default 60 s.
@@ -115,6 +120,8 @@ pub struct Config {
     /// Tor; when unset, onion targets go through [`proxy`](Config::proxy),
     /// and without either they fail with
     /// [`ConnectError::OnionNeedsProxy`](crate::ConnectError::OnionNeedsProxy).
+    /// With only this set (Core's `-onion` without `-proxy`), other targets
+    /// connect directly and their host names are looked up locally.
     /// Default none.
     #[cfg(feature = "socks")]
     pub onion_proxy: Option<crate::socks5::Proxy>,

@@ -22,6 +22,8 @@ use crate::types::Direction;
 /// What the reactor tells the protocol about a new connection.
 pub(crate) struct Meta {
     pub(crate) direction: Direction,
+    /// The peer's address as our `version` reports it: the TCP peer's, but
+    /// never a proxy's.
     pub(crate) remote: SocketAddr,
 }
 

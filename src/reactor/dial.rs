@@ -143,6 +143,10 @@ struct Job {
     peer: PeerId,
     name: Hostname,
     port: u16,
+    /// The attempt's deadline: a job still queued by then is dropped (the
+    /// reactor failed the attempt already), so a resolver that hung for a
+    /// while does not leave a backlog of dead lookups.
+    deadline: Instant,
 }
 
 /// Host-name lookups on a few threads of their own, so the reactor never
@@ -166,14 +170,15 @@ impl Resolver {
         Resolver { jobs, job_rx, done_tx, done, shared, threads: 0, idle: Arc::new(AtomicUsize::new(0)) }
     }
 
-    /// Starts looking up `name`; the answer arrives on `done` (and wakes
-    /// the reactor).
-    pub(crate) fn lookup(&mut self, peer: PeerId, name: Hostname, port: u16) {
-        if self.idle.load(Ordering::SeqCst) == 0 && self.threads < RESOLVER_THREADS && self.spawn() {
+    /// Starts looking up `name` for an attempt that ends at `deadline`; the
+    /// answer arrives on `done` (and wakes the reactor).
+    pub(crate) fn lookup(&mut self, peer: PeerId, name: Hostname, port: u16, deadline: Instant) {
+        // One more thread while the queue is longer than the idle threads.
+        if self.jobs.len() >= self.idle.load(Ordering::SeqCst) && self.threads < RESOLVER_THREADS && self.spawn() {
             self.threads += 1;
         }
         // The receiving end lives in `self`: sending cannot fail.
-        let _ = self.jobs.send(Job { peer, name, port });
+        let _ = self.jobs.send(Job { peer, name, port, deadline });
     }
 
     fn spawn(&self) -> bool {
@@ -184,7 +189,10 @@ impl Resolver {
                 idle.fetch_add(1, Ordering::SeqCst);
                 let job = jobs.recv();
                 idle.fetch_sub(1, Ordering::SeqCst);
-                let Ok(Job { peer, name, port }) = job else { return };
+                let Ok(Job { peer, name, port, deadline }) = job else { return };
+                if Instant::now() >= deadline {
+                    continue;
+                }
                 let result = (name.as_str(), port).to_socket_addrs().map(Iterator::collect);
                 if done.send(Resolved { peer, result }).is_err() {
                     return;

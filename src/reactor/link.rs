@@ -228,8 +228,8 @@ pub(crate) enum Closed<C: Codec, M> {
     /// a pending flushed close over.
     Retry { codec: C, held: VecDeque<M>, after_flush: bool },
     /// The connect to one address of a resolved name failed: try the next
-    /// one, `dial.rest.pop()`, with a fresh codec, within the same deadline.
-    Next { dial: Dial, held: VecDeque<M>, after_flush: bool },
+    /// one, `addr`, with a fresh codec, within the same deadline.
+    Next { addr: SocketAddr, dial: Dial, held: VecDeque<M>, after_flush: bool },
 }
 
 /// One connection's sans-IO state.
@@ -242,6 +242,9 @@ pub(crate) struct Link<C: Codec, P: Protocol> {
     pub(crate) target: Target,
     /// The proxy the connection goes through.
     pub(crate) proxy: Option<SocketAddr>,
+    /// Bytes of the proxy handshake moved into `tx` (a proxy that answered
+    /// ahead of our request), not counted as sent to the peer.
+    proxy_owed: usize,
     /// The SOCKS5 handshake, until the proxy connected (kept after a
     /// failure, which it holds).
     tunnel: Option<Tunnel>,
@@ -326,7 +329,14 @@ where
         codec
             .start(&Start::new(direction == Direction::Outbound, entropy), &mut tx)
             .map_err(DisconnectReason::Codec)?;
-        let proto = cx.proto.open(&Meta { direction, remote }, cx.now, cx.proto_out);
+        // What the peer is told it is (`version`'s receiver): never the
+        // proxy, which would tell it how we connect. Through a proxy that is
+        // the target's address if it has one, else unspecified, as in Core.
+        let receiver = match &tunnel {
+            Some(_) => target.socket_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            None => remote,
+        };
+        let proto = cx.proto.open(&Meta { direction, remote: receiver }, cx.now, cx.proto_out);
         let mut link = Link {
             id,
             direction,
@@ -334,6 +344,7 @@ where
             target,
             proxy: tunnel.as_ref().map(|t| t.proxy),
             tunnel,
+            proxy_owed: 0,
             rest,
             deadline,
             local,
@@ -417,6 +428,14 @@ where
     /// reactor should serve this link's input even without new readiness.
     pub(crate) fn wants_decode(&self, limits: &Limits) -> bool {
         self.decode_paused && self.may_decode(limits)
+    }
+
+    /// Messages that waited for this outbound connection before its link
+    /// existed (during a lookup, or on the previous link of the attempt), in
+    /// order, ahead of any queued since.
+    pub(crate) fn hold(&mut self, mut held: VecDeque<Msg<P>>) {
+        held.append(&mut self.held);
+        self.held = held;
     }
 
     /// The earliest deadline of any timer.
@@ -514,7 +533,9 @@ where
             return;
         }
         self.tx_pos = (self.tx_pos + n).min(self.tx.len());
-        self.bytes_out += n as u64;
+        let owed = n.min(self.proxy_owed);
+        self.proxy_owed -= owed;
+        self.bytes_out += (n - owed) as u64;
         self.last_send = Some(cx.now);
         if self.queued() > 0 {
             self.timers.set(Timer::Stall, later(cx.now, cx.limits.stall_timeout));
@@ -748,6 +769,7 @@ where
                 // owed to it goes first, so the stream stays in order.
                 let owed = tunnel.handshake.poll_transmit();
                 if !owed.is_empty() {
+                    self.proxy_owed = owed.len();
                     self.tx.splice(self.tx_pos..self.tx_pos, owed.iter().copied());
                 }
                 self.tunnel = None;
@@ -920,17 +942,12 @@ where
             (State::Connecting | State::Proxying, end) => {
                 let error = self.connect_error(end, cx.limits.connect_timeout);
                 if let ConnectError::Io(e) = &error
-                    && let (Some(deadline), false) = (self.deadline, self.rest.is_empty())
-                    && cx.now < deadline
+                    && let Some(deadline) = self.deadline.filter(|at| cx.now < *at)
+                    && let Some(addr) = self.rest.pop()
                 {
-                    log::debug!(
-                        "peer {}: {} ({}) failed: {e}; trying the next address",
-                        self.id,
-                        self.remote,
-                        self.target
-                    );
+                    log::debug!("peer {}: {} ({}) failed: {e}; trying {addr}", self.id, self.remote, self.target);
                     let dial = Dial { target: self.target, deadline, rest: self.rest, tunnel: None };
-                    return Closed::Next { dial, held: self.held, after_flush: self.after_flush };
+                    return Closed::Next { addr, dial, held: self.held, after_flush: self.after_flush };
                 }
                 self.hand_back_held(cx);
                 cx.events.emit(Event::ConnectFailed { peer: self.id, target: self.target, error });

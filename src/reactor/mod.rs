@@ -38,7 +38,7 @@ use self::slot::{Env, IdMap, Slot};
 use crate::codec::Factory;
 use crate::config::Config;
 use crate::error::StartError;
-use crate::event::{ConnectError, DisconnectReason, Event, SendError};
+use crate::event::{DisconnectReason, Event, SendError};
 use crate::handle::{Disconnect, Handle};
 use crate::protocol::{CodecFor, Info, Msg, Passthrough, Protocol};
 use crate::stack::Framed;
@@ -461,7 +461,7 @@ where
         }
         // Entries of closed links and superseded deadlines pile up under
         // connection churn: rebuild from the live deadlines now and then.
-        if self.timers.len() > 2 * self.slots.len() + 1024 {
+        if self.timers.len() > 2 * (self.slots.len() + self.resolving.len()) + 1024 {
             let links = self.slots.iter().filter_map(|(id, s)| Some(Reverse((s.timer_at?, *id))));
             let lookups = self.resolving.iter().map(|(id, lookup)| Reverse((lookup.deadline, *id)));
             self.timers = links.chain(lookups).collect();
@@ -485,12 +485,8 @@ where
                 let deadline = crate::types::later(self.env.now, self.env.limits.connect_timeout);
                 self.dial(Attempt { peer, gate, held, after_flush }, target, reached, deadline, Some(codec));
             }
-            Closed::Next { mut dial, held, after_flush } => {
-                let attempt = Attempt { peer, gate, held, after_flush };
-                match dial.rest.pop() {
-                    Some(addr) => self.connect(attempt, addr, dial, None),
-                    None => self.fail_connect(attempt, dial.target, ConnectError::Cancelled),
-                }
+            Closed::Next { addr, dial, held, after_flush } => {
+                self.connect(Attempt { peer, gate, held, after_flush }, addr, dial, None);
             }
             Closed::Reported => {
                 self.shared.remove_gate(peer);

@@ -64,7 +64,8 @@ where
             }
             Ok(Route::Resolve(name, port)) => {
                 let peer = attempt.peer;
-                self.resolver.lookup(peer, name, port);
+                debug_assert!(codec.is_none(), "a retry goes back to the address reached");
+                self.resolver.lookup(peer, name, port, deadline);
                 self.timers.push(Reverse((deadline, peer.0)));
                 self.resolving.insert(peer.0, Lookup { target, deadline, attempt });
             }
@@ -87,13 +88,16 @@ where
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 self.poll.registry().register(&mut stream, Token(peer.0 as usize), interest).map(|()| stream)
             });
-            match (registered, dial.rest.pop()) {
-                (Ok(stream), _) => break stream,
-                (Err(e), Some(next)) => {
+            let e = match registered {
+                Ok(stream) => break stream,
+                Err(e) => e,
+            };
+            match dial.rest.pop() {
+                Some(next) => {
                     log::debug!("peer {peer}: connect to {addr} ({}) failed: {e}; trying {next}", dial.target);
                     addr = next;
                 }
-                (Err(e), None) => {
+                None => {
                     let error = dial.io_error(e);
                     return self.fail_connect(attempt, dial.target, error);
                 }
@@ -101,12 +105,26 @@ where
         };
         let codec = codec.unwrap_or_else(|| self.factory.make(Direction::Outbound, &dial.target));
         let entropy = self.rng.bytes32();
-        let Attempt { peer, gate, held, after_flush } = attempt;
         let target = dial.target.clone();
+        let gate = Arc::clone(&attempt.gate);
         let mut cx = self.env.cx();
-        match Link::new(peer, Direction::Outbound, addr, None, codec, gate, held, entropy, Some(dial), &mut cx) {
+        // Held messages join once the link exists: if it cannot start, they
+        // go back to the user.
+        match Link::new(
+            peer,
+            Direction::Outbound,
+            addr,
+            None,
+            codec,
+            gate,
+            VecDeque::new(),
+            entropy,
+            Some(dial),
+            &mut cx,
+        ) {
             Ok(mut link) => {
-                if after_flush {
+                link.hold(attempt.held);
+                if attempt.after_flush {
                     link.close_after_flush(&mut cx);
                 }
                 self.insert(link, stream, false);
@@ -114,9 +132,8 @@ where
             Err(e) => {
                 let mut stream = stream;
                 let _ = self.poll.registry().deregister(&mut stream);
-                self.shared.remove_gate(peer);
                 let error = ConnectError::Io(io::Error::other(crate::error::Report(&e).to_string()));
-                cx.events.emit(Event::ConnectFailed { peer, target, error });
+                self.fail_connect(attempt, target, error);
             }
         }
     }
@@ -138,6 +155,11 @@ where
             // Gone if cancelled or timed out meanwhile.
             let Some(Lookup { target, deadline, attempt }) = self.resolving.remove(&peer.0) else { continue };
             let name = target.host();
+            if deadline <= self.env.now {
+                let error = ConnectError::Timeout(self.env.limits.connect_timeout);
+                self.fail_connect(attempt, target, error);
+                continue;
+            }
             match result {
                 Ok(mut addrs) if !addrs.is_empty() => {
                     log::debug!("peer {peer}: {name} resolved to {addrs:?}");
@@ -154,14 +176,21 @@ where
 
     /// A message for a peer whose lookup is running waits with it; others
     /// are handed back.
+    /// After a flushed disconnect it is refused as closing, as a link
+    /// refuses it.
     pub(super) fn hold_for_lookup(&mut self, peer: PeerId, message: Msg<P>) -> Option<Msg<P>> {
-        match self.resolving.get_mut(&peer.0) {
-            Some(lookup) => {
-                lookup.attempt.held.push_back(message);
-                None
-            }
-            None => Some(message),
+        let Some(lookup) = self.resolving.get_mut(&peer.0) else { return Some(message) };
+        let attempt = &mut lookup.attempt;
+        if !attempt.after_flush {
+            attempt.held.push_back(message);
+            return None;
         }
+        attempt.gate.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.env.out.emit(Event::SendRejected { peer, message, reason: SendError::Closing });
+        if attempt.gate.reopened() {
+            self.env.out.emit(Event::Writable { peer });
+        }
+        None
     }
 
     /// A disconnect for a peer whose lookup is running: a flushed one is

@@ -981,7 +981,7 @@ impl<P: Wire> Pair<P> {
                 self.pending_connect = Some(now + ms(rng.range(1, 200)));
                 self.note(now, format!("client retries as v1 with {} held, after_flush {after_flush}", carried.len()));
             }
-            Closed::Next { dial, .. } => self.fail(format!("{who:?} link {id} moved on to another address: {dial:?}")),
+            Closed::Next { addr, dial, .. } => self.fail(format!("{who:?} link {id} moved on to {addr}: {dial:?}")),
         }
     }
 

@@ -359,3 +359,26 @@ fn broadcast_works_through_the_proxy() {
     assert_eq!(fetcher.join().unwrap(), Some(tx), "the peer got the transaction");
     assert_eq!(socks.requests().len(), 1, "through the proxy");
 }
+
+/// Our `version` never names the proxy: through a proxy its receiver is the
+/// target's address when it has one, else unspecified (as in Core).
+#[test]
+fn version_tells_the_peer_the_target_never_the_proxy() {
+    let (server, addr) = listener(); // raw: our version arrives as a message
+    let socks = SocksServer::start(Options { forward: Some(addr), ..Options::default() });
+    let mut config = session_test_config();
+    config.transport = TransportPolicy::V1Only;
+    config.proxy = Some(Proxy::new(socks.addr()));
+    let client = peerlink::start(config).unwrap();
+    let onion: Target = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion:8333".parse().unwrap();
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    for (target, receiver) in [(Target::Socket(addr), addr), (onion, unspecified)] {
+        client.connect(target.clone()).unwrap();
+        let version = wait_for(&server, |e| match e {
+            Event::Message { message: bitcoin::p2p::message::NetworkMessage::Version(v), .. } => Some(v),
+            _ => None,
+        });
+        assert_eq!(version.receiver.socket_addr().unwrap(), receiver, "{target}");
+        assert_ne!(version.receiver.socket_addr().unwrap(), socks.addr());
+    }
+}
