@@ -232,25 +232,33 @@ pub(crate) enum Closed<C: Codec, M> {
     Next { addr: SocketAddr, dial: Dial, held: VecDeque<M>, after_flush: bool },
 }
 
+/// How an outbound link reaches its target.
+struct Outbound {
+    /// What was dialled.
+    target: Target,
+    /// The proxy the connection goes through.
+    proxy: Option<SocketAddr>,
+    /// The SOCKS5 handshake, until the proxy connected (kept after a
+    /// failure, which it holds).
+    tunnel: Option<Tunnel>,
+    /// Bytes of the proxy handshake moved into `tx` (a proxy that answered
+    /// ahead of our request), not counted as sent to the peer.
+    proxy_owed: usize,
+    /// Further addresses of a resolved name, the next one last.
+    rest: Vec<SocketAddr>,
+    /// The deadline of the whole attempt.
+    deadline: Instant,
+}
+
 /// One connection's sans-IO state.
 pub(crate) struct Link<C: Codec, P: Protocol> {
     pub(crate) id: PeerId,
     pub(crate) direction: Direction,
     /// The other end of the TCP connection: the peer, or the proxy.
     pub(crate) remote: SocketAddr,
-    /// What was dialled (an inbound peer's address).
-    pub(crate) target: Target,
-    /// The proxy the connection goes through.
-    pub(crate) proxy: Option<SocketAddr>,
-    /// Bytes of the proxy handshake moved into `tx` (a proxy that answered
-    /// ahead of our request), not counted as sent to the peer.
-    proxy_owed: usize,
-    /// The SOCKS5 handshake, until the proxy connected (kept after a
-    /// failure, which it holds).
-    tunnel: Option<Tunnel>,
-    /// Further addresses of a resolved name, and the attempt's deadline.
-    rest: Vec<SocketAddr>,
-    deadline: Option<Instant>,
+    /// Outbound only: how the connection reaches what was dialled (boxed:
+    /// inbound links, the many, carry a pointer).
+    out: Option<Box<Outbound>>,
     pub(crate) local: Option<SocketAddr>,
     state: State,
     /// A flushed disconnect was asked for: no new messages; linger once
@@ -321,10 +329,10 @@ where
                 Some(dial.unwrap_or_else(|| Dial::direct(remote, later(cx.now, cx.limits.connect_timeout))))
             }
         };
-        let (target, deadline, rest, tunnel) = match dial {
-            Some(Dial { target, deadline, rest, tunnel }) => (target, Some(deadline), rest, tunnel),
-            None => (Target::Socket(remote), None, Vec::new(), None),
-        };
+        let out = dial.map(|Dial { target, deadline, rest, tunnel }| {
+            let proxy = tunnel.as_ref().map(|t| t.proxy);
+            Box::new(Outbound { target, proxy, tunnel, proxy_owed: 0, rest, deadline })
+        });
         let mut tx = Vec::new();
         codec
             .start(&Start::new(direction == Direction::Outbound, entropy), &mut tx)
@@ -332,21 +340,19 @@ where
         // What the peer is told it is (`version`'s receiver): never the
         // proxy, which would tell it how we connect. Through a proxy that is
         // the target's address if it has one, else unspecified, as in Core.
-        let receiver = match &tunnel {
-            Some(_) => target.socket_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            None => remote,
+        let receiver = match out.as_deref() {
+            Some(Outbound { target, proxy: Some(_), .. }) => {
+                target.socket_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+            }
+            _ => remote,
         };
+        let deadline = out.as_ref().map(|o| o.deadline);
         let proto = cx.proto.open(&Meta { direction, remote: receiver }, cx.now, cx.proto_out);
         let mut link = Link {
             id,
             direction,
             remote,
-            target,
-            proxy: tunnel.as_ref().map(|t| t.proxy),
-            tunnel,
-            proxy_owed: 0,
-            rest,
-            deadline,
+            out,
             local,
             state: if direction == Direction::Outbound { State::Connecting } else { State::Handshake },
             after_flush: false,
@@ -446,7 +452,7 @@ where
     /// Bytes to write next (empty when there are none, or while connecting;
     /// the proxy's while proxying).
     pub(crate) fn poll_transmit(&self) -> &[u8] {
-        match (&self.state, &self.tunnel) {
+        match (&self.state, self.tunnel()) {
             (State::Connecting, _) => &[],
             (State::Proxying, Some(tunnel)) => tunnel.handshake.poll_transmit(),
             _ => &self.tx[self.tx_pos..],
@@ -465,7 +471,7 @@ where
             return;
         }
         self.local = Some(local);
-        if self.tunnel.is_some() {
+        if self.tunnel().is_some() {
             self.state = State::Proxying;
             return;
         }
@@ -506,7 +512,7 @@ where
             return Err(DisconnectReason::Flushed);
         }
         self.peer_closed = true;
-        if let (State::Proxying, Some(tunnel)) = (self.state, &mut self.tunnel) {
+        if let (State::Proxying, Some(tunnel)) = (self.state, self.tunnel_mut()) {
             // The handshake keeps the failure for `close`.
             let _ = tunnel.handshake.handle_eof();
             return Err(DisconnectReason::PeerClosed);
@@ -528,13 +534,16 @@ where
         if n == 0 {
             return;
         }
-        if let (State::Proxying, Some(tunnel)) = (self.state, &mut self.tunnel) {
+        if let (State::Proxying, Some(tunnel)) = (self.state, self.tunnel_mut()) {
             tunnel.handshake.advance(n);
             return;
         }
         self.tx_pos = (self.tx_pos + n).min(self.tx.len());
-        let owed = n.min(self.proxy_owed);
-        self.proxy_owed -= owed;
+        let owed = self.out.as_deref_mut().map_or(0, |out| {
+            let owed = n.min(out.proxy_owed);
+            out.proxy_owed -= owed;
+            owed
+        });
         self.bytes_out += (n - owed) as u64;
         self.last_send = Some(cx.now);
         if self.queued() > 0 {
@@ -729,7 +738,8 @@ where
     /// True once, after the first bytes of an outbound connection arrived:
     /// tell the codec factory its codec was answered.
     pub(crate) fn poll_answered(&mut self) -> Option<(&Target, &C)> {
-        std::mem::take(&mut self.answered).then_some((&self.target, &self.codec))
+        let target = &self.out.as_deref()?.target;
+        std::mem::take(&mut self.answered).then_some((target, &self.codec))
     }
 
     /// Bytes that arrived while nothing was buffered: decoded straight from
@@ -759,20 +769,21 @@ where
     /// The proxy's bytes during the SOCKS5 handshake. Once the proxy has
     /// connected, the bytes after its reply are the peer's first.
     fn proxy_input<E: Sink<P>>(&mut self, data: &[u8], cx: &mut Ctx<'_, P, E>) -> Result<(), Reason<P>> {
-        let Some(tunnel) = &mut self.tunnel else { return Ok(()) };
+        let Some(out) = self.out.as_deref_mut() else { return Ok(()) };
+        let Some(tunnel) = &mut out.tunnel else { return Ok(()) };
         match tunnel.handshake.handle_input(data) {
             Ok(crate::socks5::Progress::Pending) => Ok(()),
             Ok(crate::socks5::Progress::Connected { bound }) => {
-                log::debug!("peer {}: proxy {} connected to {} (bound {bound})", self.id, tunnel.proxy, self.target);
+                log::debug!("peer {}: proxy {} connected to {} (bound {bound})", self.id, tunnel.proxy, out.target);
                 let leftover = tunnel.handshake.take_leftover();
                 // A proxy that answered ahead of our request: what is still
                 // owed to it goes first, so the stream stays in order.
                 let owed = tunnel.handshake.poll_transmit();
                 if !owed.is_empty() {
-                    self.proxy_owed = owed.len();
+                    out.proxy_owed = owed.len();
                     self.tx.splice(self.tx_pos..self.tx_pos, owed.iter().copied());
                 }
-                self.tunnel = None;
+                out.tunnel = None;
                 self.transport_up(cx);
                 if leftover.is_empty() { Ok(()) } else { self.handle_input(&leftover, cx) }
             }
@@ -941,16 +952,18 @@ where
         let reason = match (self.state, end) {
             (State::Connecting | State::Proxying, end) => {
                 let error = self.connect_error(end, cx.limits.connect_timeout);
+                let target = self.target();
                 if let ConnectError::Io(e) = &error
-                    && let Some(deadline) = self.deadline.filter(|at| cx.now < *at)
-                    && let Some(addr) = self.rest.pop()
+                    && let Some(out) = self.out.as_deref_mut().filter(|out| cx.now < out.deadline)
+                    && let Some(addr) = out.rest.pop()
                 {
-                    log::debug!("peer {}: {} ({}) failed: {e}; trying {addr}", self.id, self.remote, self.target);
-                    let dial = Dial { target: self.target, deadline, rest: self.rest, tunnel: None };
+                    log::debug!("peer {}: {} ({target}) failed: {e}; trying {addr}", self.id, self.remote);
+                    let rest = std::mem::take(&mut out.rest);
+                    let dial = Dial { target, deadline: out.deadline, rest, tunnel: None };
                     return Closed::Next { addr, dial, held: self.held, after_flush: self.after_flush };
                 }
                 self.hand_back_held(cx);
-                cx.events.emit(Event::ConnectFailed { peer: self.id, target: self.target, error });
+                cx.events.emit(Event::ConnectFailed { peer: self.id, target, error });
                 return Closed::Reported;
             }
             (_, End::Reason(reason)) => reason,
@@ -966,7 +979,7 @@ where
         );
         if self.direction == Direction::Outbound && !matches!(self.state, State::Lingering { .. }) {
             let ended = Ended { codec: &self.codec, bytes_in: self.bytes_in, bytes_out: self.bytes_out, silent_close };
-            if let Some(codec) = factory.retry(&self.target, &ended) {
+            if let Some(codec) = factory.retry(&self.target(), &ended) {
                 let held = std::mem::take(&mut self.held);
                 return Closed::Retry { codec, held, after_flush: self.after_flush };
             }
@@ -981,7 +994,7 @@ where
     /// proxy the error names the proxy and the stage.
     fn connect_error(&mut self, end: End<P::Stack>, timeout: std::time::Duration) -> ConnectError {
         #[cfg(feature = "socks")]
-        if let Some(tunnel) = &self.tunnel {
+        if let Some(tunnel) = self.tunnel() {
             use crate::socks5::{ProxyError, ProxyFailure, Socks5Error};
             let stage = (self.state == State::Proxying).then(|| tunnel.handshake.stage());
             let kind = match end {
@@ -1012,8 +1025,8 @@ where
         let link = LinkInfo {
             peer: self.id,
             addr: self.remote,
-            target: self.target.clone(),
-            proxy: self.proxy,
+            target: self.target(),
+            proxy: self.proxy(),
             local_addr: self.local,
             direction: self.direction,
             transport: self.codec.transport(),
@@ -1043,6 +1056,24 @@ where
         };
         proto.stats(&self.proto, &mut stats);
         stats
+    }
+
+    /// What was dialled; an inbound peer's address.
+    pub(crate) fn target(&self) -> Target {
+        self.out.as_ref().map_or(Target::Socket(self.remote), |out| out.target.clone())
+    }
+
+    /// The proxy this connection goes through.
+    pub(crate) fn proxy(&self) -> Option<SocketAddr> {
+        self.out.as_ref()?.proxy
+    }
+
+    fn tunnel(&self) -> Option<&Tunnel> {
+        self.out.as_ref()?.tunnel.as_ref()
+    }
+
+    fn tunnel_mut(&mut self) -> Option<&mut Tunnel> {
+        self.out.as_mut()?.tunnel.as_mut()
     }
 
     /// The gate shared with the handles.

@@ -476,8 +476,8 @@ where
         let _ = self.poll.registry().deregister(&mut slot.stream);
         let (peer, direction) = (slot.link.id, slot.link.direction);
         // A retry goes back to the address reached, unless by proxy.
-        let reached = slot.link.proxy.is_none().then_some(slot.link.remote);
-        let target = slot.link.target.clone();
+        let reached = slot.link.proxy().is_none().then_some(slot.link.remote);
+        let target = slot.link.target();
         let gate = Arc::clone(slot.link.gate());
         self.env.proto_out.clear();
         match slot.link.close(end, &mut self.factory, &mut self.env.cx()) {
