@@ -76,6 +76,10 @@ pub fn target(what: &str, text: &str) -> Result<Target, String> {
     text.parse().map_err(|e| format!("bad {what} {text:?}: {}", Report(&e)))
 }
 
+/// The connect timeout of the examples when they go through a proxy.
+#[cfg(feature = "socks")]
+pub const PROXY_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The SOCKS5 proxies given with `--proxy` and `--onion-proxy`, each
 /// `[USER:PASS@]HOST:PORT`.
 ///
@@ -103,15 +107,20 @@ impl Proxies {
             _ => return Ok(false),
         };
         let text = value(args, flag)?;
-        // The error quotes the address part (after any `@`), never the credentials.
+        // The error never quotes the text, which may hold credentials.
         *slot = Some(text.parse::<Proxy>().map_err(|e| format!("bad {flag} value: {}", Report(&e)))?);
         Ok(true)
     }
 
-    /// Sets [`Config::proxy`] and [`Config::onion_proxy`].
+    /// Sets [`Config::proxy`] and [`Config::onion_proxy`], and with either
+    /// a 30 s connect timeout: the one deadline covers the proxy's handshake
+    /// too, and Tor's way to an onion service often takes over 10 s.
     pub fn apply(&self, config: &mut Config) {
         config.proxy = self.proxy.clone();
         config.onion_proxy = self.onion.clone();
+        if self.proxy.is_some() || self.onion.is_some() {
+            config.connect_timeout = config.connect_timeout.max(PROXY_CONNECT_TIMEOUT);
+        }
     }
 
     /// The address of the proxy a connection to `target` goes through:

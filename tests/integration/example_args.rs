@@ -66,9 +66,11 @@ fn proxy_flags_take_an_address_with_optional_credentials() {
 
     let mut config = peerlink::Config::new(Network::Regtest);
     let (proxies, _) = take_all(&["--proxy", "127.0.0.1:9050", "--onion-proxy", "127.0.0.1:9150"]).unwrap();
+    assert_eq!(config.connect_timeout, peerlink::config::DEFAULT_CONNECT_TIMEOUT);
     proxies.apply(&mut config);
     assert_eq!(config.proxy, proxies.proxy);
     assert_eq!(config.onion_proxy, proxies.onion);
+    assert_eq!(config.connect_timeout, crate::example_common::PROXY_CONNECT_TIMEOUT, "room for Tor");
 }
 
 #[cfg(feature = "socks")]
