@@ -481,6 +481,7 @@ impl<P: Wire> Side<P> {
                     peer,
                     match error {
                         ConnectError::Timeout(_) => Outcome::ConnectTimeout,
+                        #[cfg(feature = "socks")]
                         ConnectError::Proxy(crate::socks5::ProxyError {
                             kind: crate::socks5::ProxyFailure::Timeout { .. },
                             ..

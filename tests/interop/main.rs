@@ -20,6 +20,7 @@ mod common;
 mod core;
 #[path = "../support/filter_server.rs"]
 mod filter_server;
+#[cfg(feature = "socks")]
 mod socks;
 
 use std::collections::HashSet;
