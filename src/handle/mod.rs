@@ -188,7 +188,13 @@ impl<S: Stack> Handle<S> {
     fn take_batch(&self, batch: Vec<Event<S>>) -> Option<Event<S>> {
         self.consumed();
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        local.extend(batch);
+        if local.is_empty() {
+            // The usual case: the batch itself becomes the buffer (O(1), no
+            // copy of its events).
+            *local = std::collections::VecDeque::from(batch);
+        } else {
+            local.extend(batch);
+        }
         local.pop_front()
     }
 
