@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_INBOUND: usize = 125;
 /// Default per-peer cap on messages on their way to the reactor.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
+/// Default cap on messages on their way to the reactor, all peers together.
+pub const DEFAULT_MAX_IN_FLIGHT_TOTAL: usize = 4096;
+
 /// Default capacity of the event channel, in events.
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
 
@@ -99,6 +102,14 @@ pub struct Config {
     /// but not yet taken by the reactor; more are refused until the reactor
     /// catches up, which bounds the command queue. Default 4096.
     pub max_in_flight: usize,
+    /// Messages accepted by [`Handle::send`](crate::Handle::send) and not
+    /// yet taken by the reactor, all peers together; more are refused
+    /// ([`Refusal::InFlight`](crate::Refusal::InFlight), with
+    /// [`Event::Writable`](crate::Event::Writable) to the refused peers once
+    /// half have been taken). This bounds the command queue's memory
+    /// (about 160 bytes a message) whatever the number of peers, which
+    /// [`max_in_flight`](Config::max_in_flight) alone does not. Default 4096.
+    pub max_in_flight_total: usize,
     /// Session or raw mode (built-in Bitcoin codec only). Default session.
     pub mode: Mode,
     /// v1, BIP324 v2, or v2 with Core's v1 fallback (built-in Bitcoin codec
@@ -142,6 +153,7 @@ impl Config {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             io_budget: DEFAULT_IO_BUDGET,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_total: DEFAULT_MAX_IN_FLIGHT_TOTAL,
             max_inbound: DEFAULT_MAX_INBOUND,
             mode: Mode::Session,
             transport: TransportPolicy::V2Preferred,

@@ -308,7 +308,7 @@ impl<S: Stack> Handle<S> {
                 // Flag first, then re-check: if the reactor opened the gate in
                 // between it will report Writable (spuriously, harmlessly);
                 // otherwise it sees the flag when it opens the gate.
-                gate.refused.store(true, Ordering::SeqCst);
+                gate.mark_refused();
             }
             match gate.closed() {
                 Some(Closed::BufferFull) => return Err(Refused { message, reason: Refusal::BufferFull }),
@@ -316,6 +316,7 @@ impl<S: Stack> Handle<S> {
                 None => {}
             }
             gate.in_flight.fetch_add(1, Ordering::SeqCst);
+            gate.budget.used.fetch_add(1, Ordering::SeqCst);
         }
         match self.inner.commands.send(Cmd::Send { peer, message }) {
             Ok(()) => {

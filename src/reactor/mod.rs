@@ -73,7 +73,7 @@ where
     let poll = Poll::new().map_err(StartError::Poll)?;
     let waker = Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?;
     let (listeners, local_addrs) = Listeners::bind(&config.listen, config.max_inbound, poll.registry())?;
-    let shared = Arc::new(Shared::new(waker, config.start_height, config.max_in_flight));
+    let shared = Arc::new(Shared::new(waker, config.start_height, config.max_in_flight, config.max_in_flight_total));
     let protocol = protocol(&shared);
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
     // Capacity in events, as configured: batches of up to EVENT_BATCH events.
@@ -336,7 +336,12 @@ where
     fn apply_commands(&mut self) {
         for _ in 0..COMMAND_BUDGET {
             match self.cmd_rx.try_recv() {
-                Ok(Cmd::Send { peer, message }) => self.send(peer, message),
+                Ok(Cmd::Send { peer, message }) => {
+                    if self.shared.budget.taken() {
+                        self.reopen_gates();
+                    }
+                    self.send(peer, message);
+                }
                 Ok(Cmd::Connect { peer, target, gate }) => {
                     let deadline = crate::types::later(self.env.now, self.env.limits.connect_timeout);
                     let attempt = Attempt { peer, gate, held: VecDeque::new(), after_flush: false };
@@ -349,6 +354,19 @@ where
                     self.shared.shutdown.store(true, Ordering::SeqCst);
                     return;
                 }
+            }
+        }
+    }
+
+    /// The reactor-wide budget drained to half after refusals: every gate
+    /// that refused a sender, or has one waiting, is looked at.
+    fn reopen_gates(&mut self) {
+        let gates = self.slots.values().map(|s| (s.link.id, Arc::clone(s.link.gate())));
+        let lookups = self.resolving.iter().map(|(id, l)| (PeerId(*id), Arc::clone(&l.attempt.gate)));
+        let gates: Vec<_> = gates.chain(lookups).collect();
+        for (peer, gate) in gates {
+            if gate.reopened() {
+                self.env.out.emit(Event::Writable { peer });
             }
         }
     }

@@ -47,6 +47,38 @@ pub(crate) struct Gate {
     pub(crate) waiters: AtomicUsize,
     pub(crate) lock: Mutex<()>,
     pub(crate) cond: Condvar,
+    /// The reactor-wide budget of messages on their way, shared by every
+    /// gate of one reactor.
+    pub(crate) budget: Arc<Budget>,
+}
+
+/// Messages on their way to the reactor, all peers together: what the
+/// command channel holds. Its cap bounds the channel's memory whatever the
+/// number of peers (the per-peer cap alone allows peers × that cap).
+#[derive(Debug)]
+pub(crate) struct Budget {
+    pub(crate) used: AtomicUsize,
+    pub(crate) max: usize,
+    /// A sender was refused, or waits, because the budget was used up: the
+    /// reactor looks for gates to reopen once it has drained to half.
+    pub(crate) refused: AtomicBool,
+}
+
+impl Budget {
+    pub(crate) fn new(max: usize) -> Self {
+        Budget { used: AtomicUsize::new(0), max: max.max(2), refused: AtomicBool::new(false) }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.used.load(Ordering::SeqCst) >= self.max
+    }
+
+    /// Reactor side: one message taken off the channel. True when senders
+    /// refused for the budget must now be told they may send again.
+    pub(crate) fn taken(&self) -> bool {
+        let used = self.used.fetch_sub(1, Ordering::SeqCst) - 1;
+        used <= self.max / 2 && self.refused.load(Ordering::SeqCst) && self.refused.swap(false, Ordering::SeqCst)
+    }
 }
 
 /// Why a gate is closed.
@@ -57,7 +89,13 @@ pub(crate) enum Closed {
 }
 
 impl Gate {
+    /// A gate with its own budget (tests).
+    #[cfg(test)]
     pub(crate) fn new(max_in_flight: usize) -> Self {
+        Gate::with_budget(max_in_flight, Arc::new(Budget::new(usize::MAX)))
+    }
+
+    pub(crate) fn with_budget(max_in_flight: usize, budget: Arc<Budget>) -> Self {
         Gate {
             full: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -67,13 +105,14 @@ impl Gate {
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),
             cond: Condvar::new(),
+            budget,
         }
     }
 
     pub(crate) fn closed(&self) -> Option<Closed> {
         if self.full.load(Ordering::SeqCst) {
             Some(Closed::BufferFull)
-        } else if self.in_flight.load(Ordering::SeqCst) >= self.max_in_flight {
+        } else if self.in_flight.load(Ordering::SeqCst) >= self.max_in_flight || self.budget.exhausted() {
             Some(Closed::InFlight)
         } else {
             None
@@ -90,7 +129,19 @@ impl Gate {
     /// Whether the gate is open with hysteresis: the buffer under its limit
     /// and at most half the in-flight cap used.
     fn wide_open(&self) -> bool {
-        !self.full.load(Ordering::SeqCst) && self.in_flight.load(Ordering::SeqCst) <= self.max_in_flight / 2
+        !self.full.load(Ordering::SeqCst)
+            && self.in_flight.load(Ordering::SeqCst) <= self.max_in_flight / 2
+            && self.budget.used.load(Ordering::SeqCst) <= self.budget.max / 2
+    }
+
+    /// Handle side, a send is refused: ask for `Writable` when the gate
+    /// reopens (flag first, then the caller re-checks, so the reactor
+    /// cannot open the gate unseen in between).
+    pub(crate) fn mark_refused(&self) {
+        self.refused.store(true, Ordering::SeqCst);
+        if self.budget.exhausted() {
+            self.budget.refused.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Reactor side, after the buffer drained or a command was taken: true
@@ -129,6 +180,11 @@ impl Gate {
         let reached = loop {
             // Checked under the lock the reactor takes to notify: no wake-up
             // can fall between this check and the wait.
+            if self.budget.exhausted() {
+                // Waiting on the budget: the reactor must look at this gate
+                // when it has drained (it notifies under this lock).
+                self.budget.refused.store(true, Ordering::SeqCst);
+            }
             if self.gone.load(Ordering::SeqCst) || self.closed().is_none() {
                 break true;
             }
@@ -157,6 +213,7 @@ pub(crate) struct Shared {
     /// Send gates of live peers.
     pub(crate) gates: RwLock<HashMap<PeerId, Arc<Gate>>>,
     pub(crate) max_in_flight: usize,
+    pub(crate) budget: Arc<Budget>,
     /// Async receivers waiting for an event (feature `async`).
     pub(crate) async_waiting: AtomicBool,
     pub(crate) async_wakers: Mutex<Vec<std::task::Waker>>,
@@ -189,7 +246,7 @@ impl Counters {
 }
 
 impl Shared {
-    pub(crate) fn new(waker: mio::Waker, start_height: i32, max_in_flight: usize) -> Shared {
+    pub(crate) fn new(waker: mio::Waker, start_height: i32, max_in_flight: usize, max_total: usize) -> Shared {
         Shared {
             waker,
             sleeping: AtomicBool::new(false),
@@ -199,6 +256,7 @@ impl Shared {
             start_height: AtomicI32::new(start_height),
             gates: Default::default(),
             max_in_flight,
+            budget: Arc::new(Budget::new(max_total)),
             async_waiting: AtomicBool::new(false),
             async_wakers: Default::default(),
             stats: Counters::default(),
@@ -221,7 +279,7 @@ impl Shared {
 
     pub(crate) fn allocate_peer(&self) -> (PeerId, Arc<Gate>) {
         let peer = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
-        let gate = Arc::new(Gate::new(self.max_in_flight));
+        let gate = Arc::new(Gate::with_budget(self.max_in_flight, Arc::clone(&self.budget)));
         self.gates.write().unwrap_or_else(|e| e.into_inner()).insert(peer, Arc::clone(&gate));
         (peer, gate)
     }

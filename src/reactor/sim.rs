@@ -1436,7 +1436,7 @@ fn run(seed: u64) -> Summary {
     let mut rng = Rng(seed);
     let poll = mio::Poll::new().expect("poll");
     let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker");
-    let shared = Arc::new(Shared::new(waker, 0, 64));
+    let shared = Arc::new(Shared::new(waker, 0, 64, 4096));
     let t0 = Instant::now();
     let mut pairs: Vec<Box<dyn Run>> = (0..PAIRS).map(|i| new_pair(i, &mut rng, t0, &shared)).collect();
     let mut now = t0;

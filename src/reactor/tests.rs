@@ -248,7 +248,7 @@ fn writables<S: Stack>(events: &[Event<S>]) -> usize {
 /// waker per poll, so every protocol of a test shares it.
 fn shared(poll: &mio::Poll) -> Arc<Shared> {
     let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker");
-    Arc::new(Shared::new(waker, 0, 64))
+    Arc::new(Shared::new(waker, 0, 64, 4096))
 }
 
 fn session_protocol(shared: &Arc<Shared>) -> Bitcoin {
@@ -860,4 +860,30 @@ fn a_slow_connect_is_a_connect_timeout_not_a_cancelled_handshake() {
     link.handle_connected(local(), &mut env.cx());
     env.at(Duration::from_secs(89) + handshake - ms(1));
     assert!(link.handle_timeout(&mut env.cx()).is_ok(), "the handshake clock starts when connected");
+}
+
+/// The reactor-wide budget closes every gate once used up, whatever each
+/// peer's own count, and asks for `Writable` for the refused ones (once)
+/// when half has been taken.
+#[test]
+fn the_reactor_wide_budget_closes_every_gate_and_reopens_them_at_half() {
+    use super::shared::Budget;
+    let budget = Arc::new(Budget::new(4));
+    let gates: Vec<Gate> = (0..3).map(|_| Gate::with_budget(64, Arc::clone(&budget))).collect();
+    // Four messages on their way, to different peers: the budget is used up.
+    for gate in gates.iter().chain([&gates[0]]) {
+        assert_eq!(gate.closed(), None);
+        gate.in_flight.fetch_add(1, Ordering::SeqCst);
+        budget.used.fetch_add(1, Ordering::SeqCst);
+    }
+    assert!(gates.iter().all(|g| g.closed() == Some(GateClosed::InFlight)), "every peer is refused");
+    gates[2].mark_refused();
+    assert!(!gates[1].reopened() && !gates[2].reopened(), "nothing reopens while the budget is used up");
+    // The reactor takes them: at half (2 of 4) the refused are told, once.
+    assert!(!budget.taken(), "3 left: not yet");
+    assert!(budget.taken(), "2 left: half");
+    assert!(gates[2].reopened(), "the refused peer gets its Writable");
+    assert!(!gates[1].reopened(), "a peer that was not refused gets none");
+    assert!(!budget.taken(), "once");
+    assert_eq!(gates[1].closed(), None);
 }

@@ -460,3 +460,50 @@ fn events_are_not_stranded_in_a_dropped_clone() {
         assert_eq!(m, NetworkMessage::Ping(i), "the rest reach the other handle, in order");
     }
 }
+
+/// The reactor-wide cap on messages on their way (`max_in_flight_total`)
+/// refuses senders of every peer once used up, and each refused peer gets
+/// its `Writable`: a sender that waits for it loses and reorders nothing.
+#[test]
+fn the_reactor_wide_in_flight_cap_refuses_then_reopens_every_peer() {
+    const PEERS: usize = 20;
+    const PER_PEER: u64 = 200;
+    let (server, addr) = listener();
+    let mut config = raw_config();
+    config.max_in_flight_total = 8;
+    let client = peerlink::start(config).unwrap();
+    let ids: Vec<_> = (0..PEERS).map(|_| client.connect(addr).unwrap()).collect();
+    for _ in 0..PEERS {
+        connected(&client);
+        connected(&server);
+    }
+    let mut refused = 0;
+    for (p, id) in ids.iter().enumerate() {
+        for n in 0..PER_PEER {
+            let mut message = NetworkMessage::Ping(p as u64 * 1_000_000 + n);
+            loop {
+                match client.send(*id, message) {
+                    Ok(()) => break,
+                    Err(r) if r.reason.is_backpressure() => {
+                        refused += 1;
+                        message = r.message;
+                        wait_for(&client, |e| matches!(e, Event::Writable { peer } if peer == *id).then_some(()));
+                    }
+                    Err(r) => panic!("refused: {:?}", r.reason),
+                }
+            }
+        }
+    }
+    let mut next = [0u64; PEERS];
+    let mut from: std::collections::HashMap<peerlink::PeerId, usize> = std::collections::HashMap::new();
+    for _ in 0..PEERS as u64 * PER_PEER {
+        let (peer, m) = message(&server);
+        let NetworkMessage::Ping(v) = m else { panic!("unexpected {m:?}") };
+        let p = (v / 1_000_000) as usize;
+        assert_eq!(*from.entry(peer).or_insert(p), p, "one sender per connection");
+        assert_eq!(v % 1_000_000, next[p], "peer {p}'s messages in order, none lost");
+        next[p] += 1;
+    }
+    println!("{refused} sends refused by the reactor-wide cap of 8");
+    assert!(next.iter().all(|n| *n == PER_PEER));
+}
