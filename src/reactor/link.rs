@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::dial::{Dial, Tunnel};
+use super::rxbuf::RxBuf;
 use crate::codec::{Codec, Decoded, Ended, Factory, Start};
 use crate::error::Report;
 use crate::event::{ConnectError, DisconnectReason, Event, SendError};
@@ -94,22 +95,37 @@ impl Limits {
 pub(crate) struct Pool(Vec<Vec<u8>>);
 
 impl Pool {
-    /// Returns `buf`'s allocation to the pool (or frees it) and leaves `buf`
-    /// empty without capacity.
-    fn put(&mut self, buf: &mut Vec<u8>) {
-        let mut b = std::mem::take(buf);
+    /// Returns an allocation to the pool (or frees it). Its length stays:
+    /// the bytes are initialised, so a receive buffer made from it need not
+    /// zero them again.
+    fn put_memory(&mut self, memory: Vec<u8>) {
         if self.0.len() < POOL_BUFFERS {
-            b.clear();
-            self.0.push(b);
+            self.0.push(memory);
         }
     }
 
-    /// Gives `buf` a pooled allocation if it has none.
+    /// Returns `buf`'s allocation to the pool (or frees it) and leaves `buf`
+    /// empty without capacity.
+    fn put(&mut self, buf: &mut Vec<u8>) {
+        self.put_memory(std::mem::take(buf));
+    }
+
+    /// Gives `buf` a pooled allocation, empty, if it has none.
     fn fill(&mut self, buf: &mut Vec<u8>) {
         if buf.capacity() == 0
+            && let Some(mut b) = self.0.pop()
+        {
+            b.clear();
+            *buf = b;
+        }
+    }
+
+    /// Gives `rx` a pooled allocation if it has none.
+    fn fill_rx(&mut self, rx: &mut RxBuf) {
+        if rx.capacity() == 0
             && let Some(b) = self.0.pop()
         {
-            *buf = b;
+            rx.give_memory(b);
         }
     }
 }
@@ -276,7 +292,7 @@ pub(crate) struct Link<C: Codec, P: Protocol> {
     codec: C,
     proto: P::Conn,
     /// Bytes of an incomplete frame.
-    rx: Vec<u8>,
+    rx: RxBuf,
     /// Length of the incomplete frame, once the codec knows it.
     rx_frame_len: Option<usize>,
     tx: Vec<u8>,
@@ -362,7 +378,7 @@ where
             answered: false,
             codec,
             proto,
-            rx: Vec::new(),
+            rx: RxBuf::default(),
             rx_frame_len: None,
             tx,
             tx_pos: 0,
@@ -716,13 +732,10 @@ where
         // and a read sized by one of them would be a byte at a time.
         let frame_len = self.rx_frame_len.filter(|f| *f > self.rx.len());
         let want = frame_len.map_or(READ_CHUNK, |f| f - self.rx.len()).min(READ_CHUNK);
-        let len = self.rx.len();
-        pool.fill(&mut self.rx);
-        grow(&mut self.rx, len + want, frame_len);
-        self.rx.resize(len + want, 0);
-        let result = read(&mut self.rx[len..]);
+        pool.fill_rx(&mut self.rx);
+        let result = read(self.rx.spare(want, frame_len));
         let n = *result.as_ref().unwrap_or(&0);
-        self.rx.truncate(len + n);
+        self.rx.commit(n);
         if n > 0 {
             self.count_in(n, now);
         }
@@ -753,14 +766,14 @@ where
             return Ok(());
         }
         if !self.rx.is_empty() {
-            self.rx.extend_from_slice(data);
+            self.rx.extend(data);
             return self.decode_buffered(cx);
         }
         let used = self.decode(data, cx);
         let used = self.after_decode(used, cx)?;
         if used < data.len() {
-            cx.pool.fill(&mut self.rx);
-            self.rx.extend_from_slice(&data[used..]);
+            cx.pool.fill_rx(&mut self.rx);
+            self.rx.extend(&data[used..]);
         }
         self.arm_frame_timer(cx);
         Ok(())
@@ -799,12 +812,12 @@ where
     pub(crate) fn decode_buffered<E: Sink<P>>(&mut self, cx: &mut Ctx<'_, P, E>) -> Result<(), Reason<P>> {
         if !self.rx.is_empty() && !matches!(self.state, State::Lingering { .. }) {
             let rx = std::mem::take(&mut self.rx);
-            let used = self.decode(&rx, cx);
+            let used = self.decode(rx.data(), cx);
             self.rx = rx;
             let used = self.after_decode(used, cx)?;
-            self.rx.drain(..used);
+            self.rx.consume(used);
             if self.rx.is_empty() && self.rx.capacity() > KEEP_BUFFER {
-                cx.pool.put(&mut self.rx);
+                cx.pool.put_memory(self.rx.take_memory());
             }
             self.arm_frame_timer(cx);
         }
@@ -1080,16 +1093,4 @@ where
     pub(crate) fn gate(&self) -> &Arc<Gate> {
         &self.gate
     }
-}
-
-/// Grows `rx` to hold `needed` bytes: doubling, but never past the validated
-/// frame length, so capacity never runs ahead of the bytes that actually
-/// arrived by more than the bytes already received.
-fn grow(rx: &mut Vec<u8>, needed: usize, frame_len: Option<usize>) {
-    if rx.capacity() >= needed {
-        return;
-    }
-    let target = (rx.capacity() * 2).max(needed);
-    let target = frame_len.map_or(target, |f| target.min(f.max(needed)));
-    rx.reserve_exact(target - rx.len());
 }

@@ -9,6 +9,7 @@ mod link;
 mod listener;
 mod outbound;
 mod outbox;
+mod rxbuf;
 pub(crate) mod shared;
 #[cfg(test)]
 mod sim;
