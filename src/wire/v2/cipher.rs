@@ -1,15 +1,18 @@
 //! BIP324 cryptography: key derivation and the forward-secure ciphers.
 //!
-//! Built on rust-bitcoin's `chacha20-poly1305` (RFC 8439) and libsecp256k1's
-//! ElligatorSwift x-only ECDH. Everything here is pure: keys and randomness
-//! come in as arguments.
+//! Built on RustCrypto's `chacha20` and `chacha20poly1305` (RFC 8439; they
+//! pick AVX2 or SSE2 code at run time) and libsecp256k1's ElligatorSwift
+//! x-only ECDH. Everything here is pure: keys and randomness come in as
+//! arguments.
 
 use bitcoin::hashes::{Hash, HashEngine, Hmac, HmacEngine, sha256};
 use bitcoin::p2p::Magic;
 use bitcoin::secp256k1::SecretKey;
 use bitcoin::secp256k1::ellswift::{ElligatorSwift, ElligatorSwiftParty};
-use chacha20_poly1305::chacha20::ChaCha20;
-use chacha20_poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 
 /// Packets (or length chunks) between rekeys (BIP324 `REKEY_INTERVAL`).
 pub const REKEY_INTERVAL: u64 = 224;
@@ -96,36 +99,59 @@ impl SessionKeys {
     }
 }
 
+/// The 96-bit RFC 8439 nonce BIP324 uses: `low` as 4 little-endian bytes,
+/// then `high` as 8.
 fn nonce(low: u32, high: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(&low.to_le_bytes());
     n[4..].copy_from_slice(&high.to_le_bytes());
-    Nonce::new(n)
+    Nonce::from(n)
 }
 
 /// BIP324 `FSChaCha20`: the length cipher, rekeyed every 224 chunks.
 pub struct FsChaCha20 {
     cipher: ChaCha20,
-    chunks: u64,
+    /// Chunks between rekeys: [`REKEY_INTERVAL`] but in tests.
+    interval: u64,
+    /// Chunks left before the next rekey.
+    left: u64,
+    /// Rekeys so far: the high part of the next key's nonce, less one.
+    rekeys: u64,
 }
 
 impl FsChaCha20 {
     /// A cipher with `key`, at chunk 0.
     pub fn new(key: [u8; 32]) -> Self {
-        FsChaCha20 { cipher: ChaCha20::new(Key::new(key), nonce(0, 0), 0), chunks: 0 }
+        Self::with_interval(key, REKEY_INTERVAL)
+    }
+
+    /// A cipher that rekeys every `interval` chunks (only BIP324's 224 on
+    /// the wire; other intervals check the rekeying against Bitcoin Core's
+    /// vectors).
+    pub(crate) fn with_interval(key: [u8; 32], interval: u64) -> Self {
+        debug_assert!(interval > 0);
+        FsChaCha20 { cipher: ChaCha20::new(&key.into(), &nonce(0, 0)), interval, left: interval, rekeys: 0 }
     }
 
     /// Encrypts or decrypts one chunk in place.
     pub fn crypt(&mut self, chunk: &mut [u8]) {
         self.cipher.apply_keystream(chunk);
-        self.chunks += 1;
-        if self.chunks.is_multiple_of(REKEY_INTERVAL) {
+        self.left -= 1;
+        if self.left == 0 {
+            // The next 32 keystream bytes are the new key; its nonce counts
+            // the rekeys.
             let mut key = [0u8; 32];
             self.cipher.apply_keystream(&mut key);
-            self.cipher = ChaCha20::new(Key::new(key), nonce(0, self.chunks / REKEY_INTERVAL), 0);
+            self.rekeys += 1;
+            self.cipher = ChaCha20::new(&key.into(), &nonce(0, self.rekeys));
+            self.left = self.interval;
         }
     }
 }
+
+/// The one way RFC 8439 encryption fails: a text of 2^32 blocks (256 GiB)
+/// or more. Packets are below 2^24 bytes.
+const WITHIN_LIMIT: &str = "a packet is far below ChaCha20's 256 GiB limit";
 
 /// BIP324 `FSChaCha20Poly1305`: the packet AEAD, rekeyed every 224 packets.
 pub struct FsChaCha20Poly1305 {
@@ -151,15 +177,21 @@ impl FsChaCha20Poly1305 {
         FsChaCha20Poly1305 { key, packets: 0 }
     }
 
+    fn aead(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(&self.key.into())
+    }
+
     fn nonce(&self) -> Nonce {
         nonce((self.packets % REKEY_INTERVAL) as u32, self.packets / REKEY_INTERVAL)
     }
 
     fn advance(&mut self) {
         if (self.packets + 1).is_multiple_of(REKEY_INTERVAL) {
+            // The new key is the encryption of 32 zero bytes under the
+            // nonce (0xffffffff, epoch); the tag is dropped.
             let mut key = [0u8; 32];
             let rekey = nonce(u32::MAX, self.packets / REKEY_INTERVAL);
-            ChaCha20Poly1305::new(Key::new(self.key), rekey).encrypt(&mut key, None);
+            self.aead().encrypt_in_place_detached(&rekey, &[], &mut key).expect(WITHIN_LIMIT);
             self.key = key;
         }
         self.packets += 1;
@@ -167,14 +199,15 @@ impl FsChaCha20Poly1305 {
 
     /// Encrypts `text` in place and returns its tag.
     pub fn encrypt(&mut self, aad: &[u8], text: &mut [u8]) -> [u8; TAG_LEN] {
-        let tag = ChaCha20Poly1305::new(Key::new(self.key), self.nonce()).encrypt(text, Some(aad));
+        let tag = self.aead().encrypt_in_place_detached(&self.nonce(), aad, text).expect(WITHIN_LIMIT);
         self.advance();
-        tag
+        tag.into()
     }
 
     /// Checks `tag` and decrypts `text` in place.
     pub fn decrypt(&mut self, aad: &[u8], text: &mut [u8], tag: [u8; TAG_LEN]) -> Result<(), AuthError> {
-        let result = ChaCha20Poly1305::new(Key::new(self.key), self.nonce()).decrypt(text, tag, Some(aad));
+        // Checks the tag first and leaves `text` as it was on a mismatch.
+        let result = self.aead().decrypt_in_place_detached(&self.nonce(), aad, text, &tag.into());
         self.advance();
         result.map_err(|_| AuthError)
     }
