@@ -20,8 +20,9 @@
 //! reads (the reactor's, fed whatever TCP delivered) cannot hold those states
 //! without self-referential storage or `unsafe`. The cipher layer here is
 //! small (RustCrypto's `chacha20` and `chacha20poly1305`, which pick SIMD code
-//! at run time, and libsecp256k1's ElligatorSwift XDH), and is checked
-//! against the BIP's and Bitcoin Core's test vectors.
+//! at run time, rust-bitcoin's portable `chacha20-poly1305` for short packets,
+//! and libsecp256k1's ElligatorSwift XDH), and is checked against the BIP's
+//! and Bitcoin Core's test vectors.
 
 // The cipher layer is an implementation detail; the fuzz targets (built by
 // cargo-fuzz, which sets `--cfg fuzzing`) drive it directly to build honest

@@ -454,6 +454,123 @@ fn fschacha20poly1305_core_vectors() {
     }
 }
 
+/// Text lengths for the AEAD backends: anywhere up to 3000 bytes, often
+/// right at the size split.
+fn arb_text() -> impl Strategy<Value = Vec<u8>> {
+    let near = (cipher::SIMD_MIN_TEXT - 20)..(cipher::SIMD_MIN_TEXT + 20);
+    prop_oneof![0..3000usize, near].prop_flat_map(|len| prop::collection::vec(any::<u8>(), len))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The two AEAD backends behind the size split compute the same RFC 8439
+    /// ChaCha20-Poly1305: identical ciphertext and tag, and each opens the
+    /// other's output.
+    #[test]
+    fn prop_aead_backends_agree(
+        key in any::<[u8; 32]>(),
+        nonce in any::<[u8; 12]>(),
+        aad in prop::collection::vec(any::<u8>(), 0..80),
+        text in arb_text(),
+    ) {
+        let mut portable = text.clone();
+        let portable_tag = cipher::portable_seal(&key, nonce, &aad, &mut portable);
+        let mut simd = text.clone();
+        let simd_tag = cipher::simd_seal(&key, nonce, &aad, &mut simd);
+        prop_assert_eq!(&portable, &simd);
+        prop_assert_eq!(portable_tag, simd_tag);
+
+        let mut opened = simd.clone();
+        prop_assert_eq!(cipher::portable_open(&key, nonce, &aad, &mut opened, simd_tag), Ok(()));
+        prop_assert_eq!(&opened, &text);
+        let mut opened = portable.clone();
+        prop_assert_eq!(cipher::simd_open(&key, nonce, &aad, &mut opened, portable_tag), Ok(()));
+        prop_assert_eq!(&opened, &text);
+    }
+}
+
+/// A flipped bit in the tag, the ciphertext or the AAD fails on both
+/// backends, and leaves the text as it was; so does a packet on either side
+/// of the size split through `FsChaCha20Poly1305`.
+#[test]
+fn tampered_tag_fails_on_both_aead_backends() {
+    type Open = fn(&[u8; 32], [u8; 12], &[u8], &mut [u8], [u8; TAG_LEN]) -> Result<(), cipher::AuthError>;
+    let backends: [(&str, Open); 2] = [("portable", cipher::portable_open), ("simd", cipher::simd_open)];
+    let (key, nonce, aad) = ([9u8; 32], [4u8; 12], b"garbage".as_slice());
+    for len in [0, 1, 37, cipher::SIMD_MIN_TEXT - 1, cipher::SIMD_MIN_TEXT, 2000] {
+        let mut sealed: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let tag = cipher::portable_seal(&key, nonce, aad, &mut sealed);
+        for (name, open) in backends {
+            for bit in [0, 7, 127] {
+                let mut bad_tag = tag;
+                bad_tag[bit / 8] ^= 1 << (bit % 8);
+                let mut text = sealed.clone();
+                assert_eq!(
+                    open(&key, nonce, aad, &mut text, bad_tag),
+                    Err(cipher::AuthError),
+                    "{name} {len} tag bit {bit}"
+                );
+                assert_eq!(text, sealed, "{name} {len}: text untouched");
+            }
+            if len > 0 {
+                let mut text = sealed.clone();
+                text[len - 1] ^= 0x80;
+                assert_eq!(open(&key, nonce, aad, &mut text, tag), Err(cipher::AuthError), "{name} {len} text");
+            }
+            let mut text = sealed.clone();
+            assert_eq!(open(&key, nonce, b"garbagf", &mut text, tag), Err(cipher::AuthError), "{name} {len} aad");
+            assert_eq!(open(&key, nonce, aad, &mut text, tag), Ok(()), "{name} {len} untampered");
+        }
+
+        let mut sender = FsChaCha20Poly1305::new(key);
+        let mut receiver = FsChaCha20Poly1305::new(key);
+        let mut text = vec![0x5a; len];
+        let mut tag = sender.encrypt(aad, &mut text);
+        tag[15] ^= 0x01;
+        let before = text.clone();
+        assert_eq!(receiver.decrypt(aad, &mut text, tag), Err(cipher::AuthError), "FsChaCha20Poly1305 {len}");
+        assert_eq!(text, before, "FsChaCha20Poly1305 {len}: text untouched");
+    }
+}
+
+/// Packets on either side of the size split, across rekeys, come out as
+/// RustCrypto's AEAD alone would seal them (the BIP's and Core's vectors
+/// are all short, so they only reach the portable side).
+#[test]
+fn fschacha20poly1305_size_split_is_invisible() {
+    let key = [0x42u8; 32];
+    let mut split = FsChaCha20Poly1305::new(key);
+    let mut receiver = FsChaCha20Poly1305::new(key);
+    // The reference: the same schedule on RustCrypto's AEAD only.
+    let mut reference_key = key;
+    let sizes = [0, 3, cipher::SIMD_MIN_TEXT - 1, cipher::SIMD_MIN_TEXT, 5000];
+    for packet in 0..(2 * REKEY_INTERVAL + 10) {
+        let len = sizes[packet as usize % sizes.len()];
+        let plain: Vec<u8> = (0..len).map(|i| (i as u64 ^ packet) as u8).collect();
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&((packet % REKEY_INTERVAL) as u32).to_le_bytes());
+        nonce[4..].copy_from_slice(&(packet / REKEY_INTERVAL).to_le_bytes());
+        let mut expected = plain.clone();
+        let expected_tag = cipher::simd_seal(&reference_key, nonce, b"ad", &mut expected);
+
+        let mut text = plain.clone();
+        let tag = split.encrypt(b"ad", &mut text);
+        assert_eq!((&text, tag), (&expected, expected_tag), "packet {packet} ({len} bytes)");
+        assert_eq!(receiver.decrypt(b"ad", &mut text, tag), Ok(()), "packet {packet}");
+        assert_eq!(text, plain, "packet {packet}");
+
+        if (packet + 1) % REKEY_INTERVAL == 0 {
+            let mut rekey = [0u8; 12];
+            rekey[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+            rekey[4..].copy_from_slice(&(packet / REKEY_INTERVAL).to_le_bytes());
+            let mut next = [0u8; 32];
+            cipher::simd_seal(&reference_key, rekey, &[], &mut next);
+            reference_key = next;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // In-memory driver
 // ---------------------------------------------------------------------------
