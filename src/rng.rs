@@ -2,8 +2,8 @@
 //! system. Sans-IO layers never draw randomness themselves; the reactor hands
 //! them bytes from here (BIP324 keys and garbage, nonces).
 
-use chacha20_poly1305::chacha20::ChaCha20;
-use chacha20_poly1305::{Key, Nonce};
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
 
 /// A ChaCha20 keystream used as a CSPRNG.
 pub(crate) struct Rng {
@@ -28,7 +28,7 @@ impl Rng {
                 chunk.copy_from_slice(&h.finish().to_le_bytes());
             }
         }
-        Rng { stream: ChaCha20::new(Key::new(seed), Nonce::new([0; 12]), 0) }
+        Rng { stream: ChaCha20::new(&seed.into(), &[0; 12].into()) }
     }
 
     pub(crate) fn bytes32(&mut self) -> [u8; 32] {

@@ -1,15 +1,23 @@
 //! BIP324 cryptography: key derivation and the forward-secure ciphers.
 //!
-//! Built on rust-bitcoin's `chacha20-poly1305` (RFC 8439) and libsecp256k1's
-//! ElligatorSwift x-only ECDH. Everything here is pure: keys and randomness
-//! come in as arguments.
+//! Built on RustCrypto's `chacha20` and `chacha20poly1305` (RFC 8439; they
+//! pick AVX2 or SSE2 code at run time), rust-bitcoin's portable
+//! `chacha20-poly1305` for short packets (see [`SIMD_MIN_TEXT`]) and
+//! libsecp256k1's ElligatorSwift x-only ECDH. Everything here is pure: keys
+//! and randomness come in as arguments.
 
 use bitcoin::hashes::{Hash, HashEngine, Hmac, HmacEngine, sha256};
 use bitcoin::p2p::Magic;
 use bitcoin::secp256k1::SecretKey;
 use bitcoin::secp256k1::ellswift::{ElligatorSwift, ElligatorSwiftParty};
-use chacha20_poly1305::chacha20::ChaCha20;
-use chacha20_poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20_poly1305::chacha20::ChaCha20 as PortableChaCha20;
+use chacha20_poly1305::poly1305::Poly1305;
+use chacha20_poly1305::{ChaCha20Poly1305 as PortableChaCha20Poly1305, Key as PortableKey, Nonce as PortableNonce};
+use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use subtle::ConstantTimeEq;
 
 /// Packets (or length chunks) between rekeys (BIP324 `REKEY_INTERVAL`).
 pub const REKEY_INTERVAL: u64 = 224;
@@ -96,35 +104,138 @@ impl SessionKeys {
     }
 }
 
-fn nonce(low: u32, high: u64) -> Nonce {
+/// The 96-bit RFC 8439 nonce BIP324 uses: `low` as 4 little-endian bytes,
+/// then `high` as 8.
+fn nonce(low: u32, high: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(&low.to_le_bytes());
     n[4..].copy_from_slice(&high.to_le_bytes());
-    Nonce::new(n)
+    n
 }
 
 /// BIP324 `FSChaCha20`: the length cipher, rekeyed every 224 chunks.
+///
+/// On RustCrypto's `chacha20`, which keeps the unused rest of a 64-byte
+/// keystream block: 16 ns per 3-byte chunk, where the portable crate
+/// recomputes the block on every call (151 ns; same machine as
+/// [`SIMD_MIN_TEXT`]).
 pub struct FsChaCha20 {
     cipher: ChaCha20,
-    chunks: u64,
+    /// Chunks between rekeys: [`REKEY_INTERVAL`] but in tests.
+    interval: u64,
+    /// Chunks left before the next rekey.
+    left: u64,
+    /// Rekeys so far: the high part of the next key's nonce, less one.
+    rekeys: u64,
 }
 
 impl FsChaCha20 {
     /// A cipher with `key`, at chunk 0.
     pub fn new(key: [u8; 32]) -> Self {
-        FsChaCha20 { cipher: ChaCha20::new(Key::new(key), nonce(0, 0), 0), chunks: 0 }
+        Self::with_interval(key, REKEY_INTERVAL)
+    }
+
+    /// A cipher that rekeys every `interval` chunks (only BIP324's 224 on
+    /// the wire; other intervals check the rekeying against Bitcoin Core's
+    /// vectors).
+    pub(crate) fn with_interval(key: [u8; 32], interval: u64) -> Self {
+        debug_assert!(interval > 0);
+        FsChaCha20 { cipher: ChaCha20::new(&key.into(), &nonce(0, 0).into()), interval, left: interval, rekeys: 0 }
     }
 
     /// Encrypts or decrypts one chunk in place.
     pub fn crypt(&mut self, chunk: &mut [u8]) {
         self.cipher.apply_keystream(chunk);
-        self.chunks += 1;
-        if self.chunks.is_multiple_of(REKEY_INTERVAL) {
+        self.left -= 1;
+        if self.left == 0 {
+            // The next 32 keystream bytes are the new key; its nonce counts
+            // the rekeys.
             let mut key = [0u8; 32];
             self.cipher.apply_keystream(&mut key);
-            self.cipher = ChaCha20::new(Key::new(key), nonce(0, self.chunks / REKEY_INTERVAL), 0);
+            self.rekeys += 1;
+            self.cipher = ChaCha20::new(&key.into(), &nonce(0, self.rekeys).into());
+            self.left = self.interval;
         }
     }
+}
+
+/// Texts (header byte and contents) shorter than this are sealed and opened
+/// by the portable AEAD, longer ones by RustCrypto's. Both compute RFC 8439
+/// ChaCha20-Poly1305, so the bytes on the wire do not depend on the choice;
+/// only the speed does. Measured (release, seal + open of one text, best of
+/// 15, 2-core AMD EPYC VM with AVX2): a 33-byte text takes 1.0 us portable
+/// against 4.3 us with RustCrypto's (its run-time-selected AVX2 Poly1305 pays
+/// a fixed setup per message); the ratio is 0.76 at 512 bytes, 0.89 at 704,
+/// 1.03 at 768, 1.27 at 1024 and 2.5 at 4096; 1 MiB packets go through
+/// [`PacketCipher`] at about 630 MB/s against 165 MB/s portable.
+pub(crate) const SIMD_MIN_TEXT: usize = 768;
+
+/// The one way RFC 8439 encryption fails: a text of 2^32 blocks (256 GiB)
+/// or more. Packets are below 2^24 bytes.
+const WITHIN_LIMIT: &str = "a packet is far below ChaCha20's 256 GiB limit";
+
+/// Zeroes to pad the AAD and the text to 16 bytes for Poly1305.
+const PAD: [u8; 16] = [0; 16];
+
+/// Poly1305 one-time key, then the tag of `aad` and `ciphertext`, as RFC
+/// 8439 section 2.8 builds them, from the portable crate's primitives.
+fn portable_tag(key: &[u8; 32], nonce: [u8; 12], aad: &[u8], ciphertext: &[u8]) -> [u8; TAG_LEN] {
+    let block0 =
+        PortableChaCha20::new_from_block(PortableKey::new(*key), PortableNonce::new(nonce), 0).get_keystream(0);
+    let mut one_time = [0u8; 32];
+    one_time.copy_from_slice(&block0[..32]);
+    let mut poly = Poly1305::new(one_time);
+    for part in [aad, ciphertext] {
+        poly.input(part);
+        poly.input(&PAD[..(16 - part.len() % 16) % 16]);
+    }
+    poly.input(&(aad.len() as u64).to_le_bytes());
+    poly.input(&(ciphertext.len() as u64).to_le_bytes());
+    poly.tag()
+}
+
+/// Encrypts `text` in place with the portable AEAD and returns its tag.
+pub(super) fn portable_seal(key: &[u8; 32], nonce: [u8; 12], aad: &[u8], text: &mut [u8]) -> [u8; TAG_LEN] {
+    PortableChaCha20Poly1305::new(PortableKey::new(*key), PortableNonce::new(nonce)).encrypt(text, Some(aad))
+}
+
+/// Checks `tag` and decrypts `text` in place with the portable primitives.
+/// The crate's own `decrypt` compares tags with `==`, which may stop at the
+/// first differing byte; this computes the tag with its public Poly1305 and
+/// compares in constant time. `text` is untouched on a mismatch.
+pub(super) fn portable_open(
+    key: &[u8; 32],
+    nonce: [u8; 12],
+    aad: &[u8],
+    text: &mut [u8],
+    tag: [u8; TAG_LEN],
+) -> Result<(), AuthError> {
+    if !bool::from(portable_tag(key, nonce, aad, text).ct_eq(&tag)) {
+        return Err(AuthError);
+    }
+    // The text's keystream starts at block 1 (block 0 keyed Poly1305).
+    PortableChaCha20::new_from_block(PortableKey::new(*key), PortableNonce::new(nonce), 1).apply_keystream(text);
+    Ok(())
+}
+
+/// Encrypts `text` in place with RustCrypto's AEAD and returns its tag.
+pub(super) fn simd_seal(key: &[u8; 32], nonce: [u8; 12], aad: &[u8], text: &mut [u8]) -> [u8; TAG_LEN] {
+    ChaCha20Poly1305::new(key.into()).encrypt_in_place_detached(&nonce.into(), aad, text).expect(WITHIN_LIMIT).into()
+}
+
+/// Checks `tag` and decrypts `text` in place with RustCrypto's AEAD (which
+/// compares tags in constant time and leaves `text` untouched on a
+/// mismatch).
+pub(super) fn simd_open(
+    key: &[u8; 32],
+    nonce: [u8; 12],
+    aad: &[u8],
+    text: &mut [u8],
+    tag: [u8; TAG_LEN],
+) -> Result<(), AuthError> {
+    ChaCha20Poly1305::new(key.into())
+        .decrypt_in_place_detached(&nonce.into(), aad, text, &tag.into())
+        .map_err(|_| AuthError)
 }
 
 /// BIP324 `FSChaCha20Poly1305`: the packet AEAD, rekeyed every 224 packets.
@@ -151,15 +262,18 @@ impl FsChaCha20Poly1305 {
         FsChaCha20Poly1305 { key, packets: 0 }
     }
 
-    fn nonce(&self) -> Nonce {
+    fn nonce(&self) -> [u8; 12] {
         nonce((self.packets % REKEY_INTERVAL) as u32, self.packets / REKEY_INTERVAL)
     }
 
     fn advance(&mut self) {
         if (self.packets + 1).is_multiple_of(REKEY_INTERVAL) {
+            // The new key is the encryption of 32 zero bytes under the
+            // nonce (0xffffffff, epoch); the tag is dropped. 32 bytes: the
+            // portable code is the faster one.
             let mut key = [0u8; 32];
             let rekey = nonce(u32::MAX, self.packets / REKEY_INTERVAL);
-            ChaCha20Poly1305::new(Key::new(self.key), rekey).encrypt(&mut key, None);
+            portable_seal(&self.key, rekey, &[], &mut key);
             self.key = key;
         }
         self.packets += 1;
@@ -167,16 +281,19 @@ impl FsChaCha20Poly1305 {
 
     /// Encrypts `text` in place and returns its tag.
     pub fn encrypt(&mut self, aad: &[u8], text: &mut [u8]) -> [u8; TAG_LEN] {
-        let tag = ChaCha20Poly1305::new(Key::new(self.key), self.nonce()).encrypt(text, Some(aad));
+        let seal = if text.len() < SIMD_MIN_TEXT { portable_seal } else { simd_seal };
+        let tag = seal(&self.key, self.nonce(), aad, text);
         self.advance();
         tag
     }
 
     /// Checks `tag` and decrypts `text` in place.
     pub fn decrypt(&mut self, aad: &[u8], text: &mut [u8], tag: [u8; TAG_LEN]) -> Result<(), AuthError> {
-        let result = ChaCha20Poly1305::new(Key::new(self.key), self.nonce()).decrypt(text, tag, Some(aad));
+        // Both check the tag first and leave `text` as it was on a mismatch.
+        let open = if text.len() < SIMD_MIN_TEXT { portable_open } else { simd_open };
+        let result = open(&self.key, self.nonce(), aad, text, tag);
         self.advance();
-        result.map_err(|_| AuthError)
+        result
     }
 }
 

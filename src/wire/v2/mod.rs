@@ -19,9 +19,10 @@
 //! `Handshake<ReceivedGarbage<'a>>`), so a codec that must return between
 //! reads (the reactor's, fed whatever TCP delivered) cannot hold those states
 //! without self-referential storage or `unsafe`. The cipher layer here is
-//! small and uses the same primitives it does (rust-bitcoin's
-//! `chacha20-poly1305`, libsecp256k1's ElligatorSwift XDH), and is checked
-//! against the BIP's test vectors.
+//! small (RustCrypto's `chacha20` and `chacha20poly1305`, which pick SIMD code
+//! at run time, rust-bitcoin's portable `chacha20-poly1305` for short packets,
+//! and libsecp256k1's ElligatorSwift XDH), and is checked against the BIP's
+//! and Bitcoin Core's test vectors.
 
 // The cipher layer is an implementation detail; the fuzz targets (built by
 // cargo-fuzz, which sets `--cfg fuzzing`) drive it directly to build honest
@@ -35,8 +36,8 @@ use bitcoin::p2p::Magic;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::secp256k1::ellswift::ElligatorSwift;
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
-use chacha20_poly1305::chacha20::ChaCha20;
-use chacha20_poly1305::{Key, Nonce};
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
 
 use self::cipher::{
     GARBAGE_TERMINATOR_LEN, HEADER_LEN, LENGTH_LEN, PACKET_OVERHEAD, PacketCipher, SessionKeys, TAG_LEN,
@@ -257,7 +258,7 @@ impl V2Codec {
 
     /// Builds our key pair and garbage from 32 bytes of entropy.
     fn local_from(entropy: [u8; 32]) -> Local {
-        let mut rng = ChaCha20::new(Key::new(entropy), Nonce::new([0; 12]), 0);
+        let mut rng = ChaCha20::new(&entropy.into(), &[0; 12].into());
         let mut draw = |buf: &mut [u8]| {
             buf.fill(0);
             rng.apply_keystream(buf);

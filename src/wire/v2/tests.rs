@@ -21,10 +21,15 @@ use bitcoin::p2p::{Magic, ServiceFlags};
 use bitcoin::secp256k1::ellswift::{ElligatorSwift, ElligatorSwiftParty, ElligatorSwiftSharedSecret};
 use bitcoin::secp256k1::{Parity, PublicKey, Secp256k1, SecretKey, XOnlyPublicKey};
 use bitcoin::{BlockHash, Network, Txid, Wtxid};
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use super::cipher::{self, FsChaCha20, GARBAGE_TERMINATOR_LEN, PACKET_OVERHEAD, PacketCipher, SessionKeys, TAG_LEN};
+use super::cipher::{
+    self, FsChaCha20, FsChaCha20Poly1305, GARBAGE_TERMINATOR_LEN, PACKET_OVERHEAD, PacketCipher, REKEY_INTERVAL,
+    SessionKeys, TAG_LEN,
+};
 use super::{KEY_LEN, MAX_GARBAGE_LEN, V2Codec, V2HandshakeError, command_of, short_id};
 use crate::codec::{Codec, Decoded, Ended, Start, Transport};
 use crate::types::Direction;
@@ -337,6 +342,233 @@ fn fschacha20_chunks_share_one_keystream() {
     let mut whole = [0u8; 30];
     FsChaCha20::new(key).crypt(&mut whole);
     assert_eq!(stream, whole);
+}
+
+/// FSChaCha20 at BIP324's interval: chunks 0..224 are one ChaCha20
+/// keystream (nonce 0, counter 0); after each 224 chunks the next 32
+/// keystream bytes become the key, with the nonce's last 8 bytes counting
+/// the rekeys (little-endian).
+#[test]
+fn fschacha20_rekeys_every_224_chunks() {
+    let mut key = [0x42; 32];
+    let mut fs = FsChaCha20::new(key);
+    for epoch in 0u64..3 {
+        let mut iv = [0u8; 12];
+        iv[4..].copy_from_slice(&epoch.to_le_bytes());
+        let mut reference = ChaCha20::new(&key.into(), &iv.into());
+        for chunk in 0..REKEY_INTERVAL {
+            let mut ours = [0u8; 3];
+            fs.crypt(&mut ours);
+            let mut expected = [0u8; 3];
+            reference.apply_keystream(&mut expected);
+            assert_eq!(ours, expected, "epoch {epoch}, chunk {chunk}");
+        }
+        key = [0; 32];
+        reference.apply_keystream(&mut key);
+    }
+}
+
+/// Bitcoin Core's FSChaCha20 vectors (`crypto_tests.cpp`): a chunk
+/// encrypted `interval` times with one ChaCha20 keystream, then once more
+/// under the first rekeyed key.
+#[test]
+fn fschacha20_core_vectors() {
+    let vectors = [
+        (
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            256,
+            "a93df4ef03011f3db95f60d996e1785df5de38fc39bfcb663a47bb5561928349",
+        ),
+        ("01", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", 5, "ea"),
+        (
+            "e93fdb5c762804b9a706816aca31e35b11d2aa3080108ef46a5b1f1508819c0a",
+            "8ec4c3ccdaea336bdeb245636970be01266509b33f3d2642504eaf412206207a",
+            4096,
+            "8bfaa4eacff308fdb4a94a5ff25bd9d0c1f84b77f81239f67ff39d6e1ac280c9",
+        ),
+    ];
+    for (plain, key, interval, after_rekey) in vectors {
+        let plain = hex(plain);
+        let key: [u8; 32] = hex_array(key);
+        let mut fs = FsChaCha20::with_interval(key, interval);
+        let mut reference = ChaCha20::new(&key.into(), &[0; 12].into());
+        for _ in 0..interval {
+            let mut ours = plain.clone();
+            fs.crypt(&mut ours);
+            let mut expected = plain.clone();
+            reference.apply_keystream(&mut expected);
+            assert_eq!(ours, expected, "interval {interval}");
+        }
+        let mut ours = plain.clone();
+        fs.crypt(&mut ours);
+        assert_eq!(to_hex(&ours), after_rekey, "interval {interval}");
+    }
+}
+
+/// Bitcoin Core's FSChaCha20Poly1305 vectors (`crypto_tests.cpp`): packet
+/// `index` (after that many empty packets with no associated data), as
+/// ciphertext then tag. Both cross rekeys (every 224 packets).
+#[test]
+fn fschacha20poly1305_core_vectors() {
+    let vectors = [
+        (
+            "d6a4cb04ef0f7c09c1866ed29dc24d820e75b0491032a51b4c3366f9ca35c19e\
+             a3047ec6be9d45f9637b63e1cf9eb4c2523a5aab7b851ebeba87199db0e839cf\
+             0d5c25e50168306377aedbe9089fd2463ded88b83211cf51b73b150608cc7a60\
+             0d0f11b9a742948482e1b109d8faf15b450aa7322e892fa2208c6691e3fecf4c\
+             711191b14d75a72147",
+            "786cb9b6ebf44288974cf0",
+            "5c9e1c3951a74fba66708bf9d2c217571684556b6a6a3573bff2847d38612654",
+            500,
+            "9dcebbd3281ea3dd8e9a1ef7d55a97abd6743e56ebc0c190cb2c4e14160b385e\
+             0bf508dddf754bd02c7c208447c131ce23e47a4a14dfaf5dd8bc601323950f75\
+             4e05d46e9232f83fc5120fbbef6f5347a826ec79a93820718d4ec7a2b7cfaaa4\
+             4b21e16d726448b62f803811aff4f6d827ed78e738ce8a507b81a8ae13131192\
+             8039213de18a5120dc9b7370baca878f50ff254418de3da50c",
+        ),
+        (
+            "8349b7a2690b63d01204800c288ff1138a1d473c832c90ea8b3fc102d0bb3adc\
+             44261b247c7c3d6760bfbe979d061c305f46d94c0582ac3099f0bf249f8cb234",
+            "",
+            "3bd2093fcbcb0d034d8c569583c5425c1a53171ea299f8cc3bbf9ae3530adfce",
+            60000,
+            "30a6757ff8439b975363f166a0fa0e36722ab35936abd704297948f45083f4d4\
+             99433137ce931f7fca28a0acd3bc30f57b550acbc21cbd45bbef0739d9caf30c\
+             14b94829deb27f0b1923a2af704ae5d6",
+        ),
+    ];
+    for (plain, aad, key, index, expected) in vectors {
+        let (plain, aad, key) = (hex(plain), hex(aad), hex_array(key));
+        let mut sender = FsChaCha20Poly1305::new(key);
+        let mut receiver = FsChaCha20Poly1305::new(key);
+        for _ in 0..index {
+            let tag = sender.encrypt(&[], &mut []);
+            assert_eq!(receiver.decrypt(&[], &mut [], tag), Ok(()));
+        }
+        let mut text = plain.clone();
+        let tag = sender.encrypt(&aad, &mut text);
+        assert_eq!(to_hex(&[text.as_slice(), &tag].concat()), expected, "packet {index}");
+        assert_eq!(receiver.decrypt(&aad, &mut text, tag), Ok(()), "packet {index}");
+        assert_eq!(text, plain, "packet {index}");
+    }
+}
+
+/// Text lengths for the AEAD backends: anywhere up to 3000 bytes, often
+/// right at the size split.
+fn arb_text() -> impl Strategy<Value = Vec<u8>> {
+    let near = (cipher::SIMD_MIN_TEXT - 20)..(cipher::SIMD_MIN_TEXT + 20);
+    prop_oneof![0..3000usize, near].prop_flat_map(|len| prop::collection::vec(any::<u8>(), len))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The two AEAD backends behind the size split compute the same RFC 8439
+    /// ChaCha20-Poly1305: identical ciphertext and tag, and each opens the
+    /// other's output.
+    #[test]
+    fn prop_aead_backends_agree(
+        key in any::<[u8; 32]>(),
+        nonce in any::<[u8; 12]>(),
+        aad in prop::collection::vec(any::<u8>(), 0..80),
+        text in arb_text(),
+    ) {
+        let mut portable = text.clone();
+        let portable_tag = cipher::portable_seal(&key, nonce, &aad, &mut portable);
+        let mut simd = text.clone();
+        let simd_tag = cipher::simd_seal(&key, nonce, &aad, &mut simd);
+        prop_assert_eq!(&portable, &simd);
+        prop_assert_eq!(portable_tag, simd_tag);
+
+        let mut opened = simd.clone();
+        prop_assert_eq!(cipher::portable_open(&key, nonce, &aad, &mut opened, simd_tag), Ok(()));
+        prop_assert_eq!(&opened, &text);
+        let mut opened = portable.clone();
+        prop_assert_eq!(cipher::simd_open(&key, nonce, &aad, &mut opened, portable_tag), Ok(()));
+        prop_assert_eq!(&opened, &text);
+    }
+}
+
+/// A flipped bit in the tag, the ciphertext or the AAD fails on both
+/// backends, and leaves the text as it was; so does a packet on either side
+/// of the size split through `FsChaCha20Poly1305`.
+#[test]
+fn tampered_tag_fails_on_both_aead_backends() {
+    type Open = fn(&[u8; 32], [u8; 12], &[u8], &mut [u8], [u8; TAG_LEN]) -> Result<(), cipher::AuthError>;
+    let backends: [(&str, Open); 2] = [("portable", cipher::portable_open), ("simd", cipher::simd_open)];
+    let (key, nonce, aad) = ([9u8; 32], [4u8; 12], b"garbage".as_slice());
+    for len in [0, 1, 37, cipher::SIMD_MIN_TEXT - 1, cipher::SIMD_MIN_TEXT, 2000] {
+        let mut sealed: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let tag = cipher::portable_seal(&key, nonce, aad, &mut sealed);
+        for (name, open) in backends {
+            for bit in [0, 7, 127] {
+                let mut bad_tag = tag;
+                bad_tag[bit / 8] ^= 1 << (bit % 8);
+                let mut text = sealed.clone();
+                assert_eq!(
+                    open(&key, nonce, aad, &mut text, bad_tag),
+                    Err(cipher::AuthError),
+                    "{name} {len} tag bit {bit}"
+                );
+                assert_eq!(text, sealed, "{name} {len}: text untouched");
+            }
+            if len > 0 {
+                let mut text = sealed.clone();
+                text[len - 1] ^= 0x80;
+                assert_eq!(open(&key, nonce, aad, &mut text, tag), Err(cipher::AuthError), "{name} {len} text");
+            }
+            let mut text = sealed.clone();
+            assert_eq!(open(&key, nonce, b"garbagf", &mut text, tag), Err(cipher::AuthError), "{name} {len} aad");
+            assert_eq!(open(&key, nonce, aad, &mut text, tag), Ok(()), "{name} {len} untampered");
+        }
+
+        let mut sender = FsChaCha20Poly1305::new(key);
+        let mut receiver = FsChaCha20Poly1305::new(key);
+        let mut text = vec![0x5a; len];
+        let mut tag = sender.encrypt(aad, &mut text);
+        tag[15] ^= 0x01;
+        let before = text.clone();
+        assert_eq!(receiver.decrypt(aad, &mut text, tag), Err(cipher::AuthError), "FsChaCha20Poly1305 {len}");
+        assert_eq!(text, before, "FsChaCha20Poly1305 {len}: text untouched");
+    }
+}
+
+/// Packets on either side of the size split, across rekeys, come out as
+/// RustCrypto's AEAD alone would seal them (the BIP's and Core's vectors
+/// are all short, so they only reach the portable side).
+#[test]
+fn fschacha20poly1305_size_split_is_invisible() {
+    let key = [0x42u8; 32];
+    let mut split = FsChaCha20Poly1305::new(key);
+    let mut receiver = FsChaCha20Poly1305::new(key);
+    // The reference: the same schedule on RustCrypto's AEAD only.
+    let mut reference_key = key;
+    let sizes = [0, 3, cipher::SIMD_MIN_TEXT - 1, cipher::SIMD_MIN_TEXT, 5000];
+    for packet in 0..(2 * REKEY_INTERVAL + 10) {
+        let len = sizes[packet as usize % sizes.len()];
+        let plain: Vec<u8> = (0..len).map(|i| (i as u64 ^ packet) as u8).collect();
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&((packet % REKEY_INTERVAL) as u32).to_le_bytes());
+        nonce[4..].copy_from_slice(&(packet / REKEY_INTERVAL).to_le_bytes());
+        let mut expected = plain.clone();
+        let expected_tag = cipher::simd_seal(&reference_key, nonce, b"ad", &mut expected);
+
+        let mut text = plain.clone();
+        let tag = split.encrypt(b"ad", &mut text);
+        assert_eq!((&text, tag), (&expected, expected_tag), "packet {packet} ({len} bytes)");
+        assert_eq!(receiver.decrypt(b"ad", &mut text, tag), Ok(()), "packet {packet}");
+        assert_eq!(text, plain, "packet {packet}");
+
+        if (packet + 1) % REKEY_INTERVAL == 0 {
+            let mut rekey = [0u8; 12];
+            rekey[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+            rekey[4..].copy_from_slice(&(packet / REKEY_INTERVAL).to_le_bytes());
+            let mut next = [0u8; 32];
+            cipher::simd_seal(&reference_key, rekey, &[], &mut next);
+            reference_key = next;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
