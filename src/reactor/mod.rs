@@ -50,6 +50,14 @@ use crate::types::{Direction, PeerId};
 pub(crate) const EVENT_BATCH: usize = 256;
 /// Commands applied per round before sockets are served again.
 const COMMAND_BUDGET: usize = 4096;
+/// After a round, how long the reactor polls without sleeping before it
+/// parks in `epoll_wait`: an answer that comes within it (a request and its
+/// response) is taken without waking a sleeping thread.
+const SPIN: Duration = Duration::from_micros(200);
+/// After spins that found nothing, at most this many rounds go by without
+/// one (the gap doubles with each miss and is reset by a hit), so traffic
+/// that never answers within [`SPIN`] costs little CPU.
+const SPIN_BACKOFF_MAX: u32 = 64;
 const WAKER: Token = Token(usize::MAX);
 
 /// Starts a reactor thread in raw mode with `factory` making each
@@ -99,6 +107,8 @@ where
         timers: BinaryHeap::new(),
         io_budget: config.io_budget,
         rng,
+        spin_skip: 0,
+        spin_gap: 0,
     };
     let thread = std::thread::Builder::new()
         .name("peerlink-reactor".into())
@@ -123,6 +133,9 @@ struct Reactor<F: Factory, P: Protocol> {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     io_budget: usize,
     rng: crate::rng::Rng,
+    /// Rounds left before the next spin, and the gap after the next miss.
+    spin_skip: u32,
+    spin_gap: u32,
     proxies: Proxies,
     resolver: Resolver,
     /// Outbound attempts waiting for a host-name lookup.
@@ -139,6 +152,12 @@ where
         let mut events = Events::with_capacity(1024);
         while !self.shared.shutdown.load(Ordering::SeqCst) {
             self.round();
+            if self.spin(&mut events) {
+                for event in events.iter() {
+                    self.dispatch(event);
+                }
+                continue;
+            }
             let timeout = self.poll_timeout();
             let polled = self.poll.poll(&mut events, timeout);
             self.shared.sleeping.store(false, Ordering::SeqCst);
@@ -181,6 +200,34 @@ where
         self.fire_timers();
         self.env.out.send_batch();
         self.shared.wake_async();
+    }
+
+    /// Polls without sleeping for up to [`SPIN`], yielding the core between
+    /// polls. True if socket events (in `events`) or commands arrived.
+    /// After a spin that found nothing, the next ones are skipped for a
+    /// doubling number of rounds, up to [`SPIN_BACKOFF_MAX`].
+    fn spin(&mut self, events: &mut Events) -> bool {
+        if self.spin_skip > 0 {
+            self.spin_skip -= 1;
+            return false;
+        }
+        let started = Instant::now();
+        while started.elapsed() < SPIN {
+            let hit = if self.cmd_rx.is_empty() {
+                matches!(self.poll.poll(events, Some(Duration::ZERO)), Ok(()) if !events.is_empty())
+            } else {
+                events.clear();
+                true
+            };
+            if hit {
+                self.spin_gap = 0;
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        self.spin_gap = (self.spin_gap * 2 + 1).min(SPIN_BACKOFF_MAX);
+        self.spin_skip = self.spin_gap;
+        false
     }
 
     /// Zero while work is queued, else until the next deadline; announces
