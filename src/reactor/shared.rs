@@ -2,6 +2,7 @@
 //! commands and queries, per-peer send gates, and flags and counters.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
@@ -211,7 +212,7 @@ pub(crate) struct Shared {
     /// Our best height, announced in `version` (session mode).
     pub(crate) start_height: AtomicI32,
     /// Send gates of live peers.
-    pub(crate) gates: RwLock<HashMap<PeerId, Arc<Gate>>>,
+    pub(crate) gates: RwLock<HashMap<PeerId, Arc<Gate>, BuildHasherDefault<super::slot::IdHasher>>>,
     pub(crate) max_in_flight: usize,
     pub(crate) budget: Arc<Budget>,
     /// Async receivers waiting for an event (feature `async`).

@@ -58,7 +58,7 @@ pub(super) struct Slot<C: Codec, P: Protocol> {
 
 /// Hasher for peer ids, which are already unique integers.
 #[derive(Default)]
-pub(super) struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
         self.0
