@@ -206,14 +206,22 @@ where
     /// polls. True if socket events (in `events`) or commands arrived.
     /// After a spin that found nothing, the next ones are skipped for a
     /// doubling number of rounds, up to [`SPIN_BACKOFF_MAX`].
+    /// Only when nothing is queued: with queued work the next round starts
+    /// at once (edge-triggered readiness would not announce it).
     fn spin(&mut self, events: &mut Events) -> bool {
+        if self.busy() {
+            return false;
+        }
         if self.spin_skip > 0 {
             self.spin_skip -= 1;
             return false;
         }
         let started = Instant::now();
         while started.elapsed() < SPIN {
-            let hit = if self.cmd_rx.is_empty() {
+            let out = &self.env.out;
+            // Commands, or room again in the event channel, are work too.
+            let room = out.paused() && !out.tx.is_full();
+            let hit = if self.cmd_rx.is_empty() && !room {
                 matches!(self.poll.poll(events, Some(Duration::ZERO)), Ok(()) if !events.is_empty())
             } else {
                 events.clear();
@@ -230,13 +238,18 @@ where
         false
     }
 
+    /// Work is queued for the next round: writes, or reads and accepts
+    /// while the user keeps up.
+    fn busy(&self) -> bool {
+        let out = &self.env.out;
+        !self.write_queue.is_empty() || (!out.paused() && (!self.read_queue.is_empty() || self.listeners.ready()))
+    }
+
     /// Zero while work is queued, else until the next deadline; announces
     /// sleep to the handles first.
     fn poll_timeout(&mut self) -> Option<Duration> {
         let out = &self.env.out;
-        let busy =
-            !self.write_queue.is_empty() || (!out.paused() && (!self.read_queue.is_empty() || self.listeners.ready()));
-        if busy {
+        if self.busy() {
             return Some(Duration::ZERO);
         }
         self.shared.sleeping.store(true, Ordering::SeqCst);
