@@ -50,8 +50,9 @@ pub enum Refusal {
     /// for [`Event::Writable`], or use [`Handle::send_timeout`].
     BufferFull,
     /// [`Config::max_in_flight`](crate::Config::max_in_flight) messages for
-    /// this peer are still on their way to the reactor (it is behind); wait
-    /// for [`Event::Writable`], or use [`Handle::send_timeout`].
+    /// this peer, or [`Config::max_in_flight_total`](crate::Config::max_in_flight_total)
+    /// for all peers together, are still on their way to the reactor (it is
+    /// behind); wait for [`Event::Writable`], or use [`Handle::send_timeout`].
     InFlight,
     /// No such peer (never existed, or disconnected).
     UnknownPeer,
