@@ -11,6 +11,7 @@ use std::fmt;
 use bitcoin::p2p::Magic;
 
 pub mod payload;
+mod tx;
 pub mod v1;
 pub mod v2;
 

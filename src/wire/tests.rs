@@ -1104,3 +1104,100 @@ proptest! {
         }
     }
 }
+
+/// A block of up to three transactions from [`arb_tx`], with or without
+/// witnesses (a transaction with any witness encodes in BIP144 form).
+fn arb_block() -> impl Strategy<Value = Block> {
+    (arb_header(), prop::collection::vec(arb_tx(), 0..3)).prop_map(|(header, txdata)| Block { header, txdata })
+}
+
+/// The outcome of a decode as a comparable value: the decoded item and the
+/// bytes left, or which kind of error.
+fn outcome<T>(
+    result: Result<T, encode::Error>,
+    rest: &[u8],
+) -> Result<(T, usize), std::mem::Discriminant<encode::Error>> {
+    result.map(|v| (v, rest.len())).map_err(|e| std::mem::discriminant(&e))
+}
+
+/// Our exact-allocation decoder against rust-bitcoin's, on `bytes`.
+fn same_as_rust_bitcoin(bytes: &[u8]) -> Result<(), TestCaseError> {
+    use bitcoin::consensus::Decodable;
+    let (mut ours, mut theirs) = (bytes, bytes);
+    let a = super::tx::decode_tx(&mut ours);
+    let b = Transaction::consensus_decode_from_finite_reader(&mut theirs);
+    prop_assert_eq!(outcome(a, ours), outcome(b, theirs), "tx from {:02x?}", bytes);
+    let (mut ours, mut theirs) = (bytes, bytes);
+    let a = super::tx::decode_block(&mut ours);
+    let b = Block::consensus_decode_from_finite_reader(&mut theirs);
+    prop_assert_eq!(outcome(a, ours), outcome(b, theirs), "block from {:02x?}", bytes);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Transactions and blocks decode to the same values, leave the same
+    /// bytes, and fail with the same kind of error as rust-bitcoin's decoder,
+    /// whole, cut short at any point, and with any one byte changed.
+    #[test]
+    fn tx_and_block_decoding_matches_rust_bitcoin(
+        tx in arb_tx(),
+        block in arb_block(),
+        cut in any::<Index>(),
+        at in any::<Index>(),
+        byte in any::<u8>(),
+    ) {
+        for mut bytes in [encode::serialize(&tx), encode::serialize(&block)] {
+            same_as_rust_bitcoin(&bytes)?;
+            same_as_rust_bitcoin(&bytes[..cut.index(bytes.len() + 1)])?;
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            same_as_rust_bitcoin(&bytes)?;
+        }
+    }
+
+    /// Arbitrary bytes: the two decoders agree too.
+    #[test]
+    fn tx_and_block_decoding_matches_rust_bitcoin_on_noise(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        same_as_rust_bitcoin(&bytes)?;
+    }
+}
+
+#[test]
+fn tx_and_block_decoding_matches_rust_bitcoin_on_edge_cases() {
+    let genesis = encode::serialize(&genesis_block(Network::Bitcoin));
+    let cases: [&[u8]; 6] = [
+        &genesis,
+        // Zero inputs, then segwit flag 1 with no inputs and no outputs.
+        &[1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+        // Segwit flag 2: unsupported.
+        &[1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0],
+        // One input whose script claims 2^64 - 1 bytes.
+        &[
+            1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
+        // A non-minimal input count.
+        &[1, 0, 0, 0, 0xfd, 1, 0],
+        // A count of 2^64 - 1 inputs with nothing behind it.
+        &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+    ];
+    for bytes in cases {
+        same_as_rust_bitcoin(bytes).unwrap();
+    }
+    // Segwit form, one input, and no witness at all: refused.
+    let mut no_witness = vec![1, 0, 0, 0, 0, 1, 1];
+    no_witness.extend([0; 36]); // outpoint
+    no_witness.extend([0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0]); // script, sequence, outputs, witness, lock time
+    same_as_rust_bitcoin(&no_witness).unwrap();
+    assert!(matches!(super::tx::decode_tx(&mut no_witness.as_slice()), Err(encode::Error::ParseFailed(_))));
+    // Segwit, one input with a witness: decodes in full.
+    let mut tx = genesis_block(Network::Bitcoin).txdata[0].clone();
+    tx.input[0].witness = Witness::from_slice(&[[7u8; 3]]);
+    let bytes = encode::serialize(&tx);
+    let mut r = bytes.as_slice();
+    assert_eq!(super::tx::decode_tx(&mut r).unwrap(), tx);
+    assert!(r.is_empty());
+    same_as_rust_bitcoin(&bytes).unwrap();
+}
