@@ -130,7 +130,7 @@ pub(crate) struct Bitcoin {
 
 pub(crate) struct BitcoinConn {
     session: Session,
-    commands: Vec<CommandStats>,
+    commands: Vec<Counted>,
     /// Raw mode: the peer's version, observed passively.
     raw_version: Option<crate::session::PeerVersion>,
 }
@@ -149,17 +149,30 @@ fn unix_time() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn count(stats: &mut Vec<CommandStats>, message: &NetworkMessage, wire_size: usize, inbound: bool) {
-    // Unknown commands share one entry, so a peer cannot grow the list.
-    let key = match message {
-        NetworkMessage::Unknown { .. } => "(unknown)",
-        known => known.cmd(),
-    };
-    let entry = match stats.iter().position(|c| c.command == key) {
-        Some(i) => &mut stats[i],
+/// One command's counters, keyed by the message's variant: comparing two
+/// discriminants is one integer compare, where the command string would be
+/// a string compare per entry per message.
+#[derive(Clone)]
+struct Counted {
+    variant: std::mem::Discriminant<NetworkMessage>,
+    stats: CommandStats,
+}
+
+fn count(stats: &mut Vec<Counted>, message: &NetworkMessage, wire_size: usize, inbound: bool) {
+    let variant = std::mem::discriminant(message);
+    let entry = match stats.iter().position(|c| c.variant == variant) {
+        Some(i) => &mut stats[i].stats,
         None => {
-            stats.push(CommandStats { command: key.to_owned(), ..CommandStats::default() });
-            stats.last_mut().expect("just pushed")
+            // Unknown commands share one entry, so a peer cannot grow the list.
+            let command = match message {
+                NetworkMessage::Unknown { .. } => "(unknown)",
+                known => known.cmd(),
+            };
+            stats.push(Counted {
+                variant,
+                stats: CommandStats { command: command.to_owned(), ..CommandStats::default() },
+            });
+            &mut stats.last_mut().expect("just pushed").stats
         }
     };
     if inbound {
@@ -270,10 +283,37 @@ impl Protocol for Bitcoin {
     }
 
     fn stats(&self, conn: &BitcoinConn, stats: &mut PeerStats) {
-        let mut commands = conn.commands.clone();
+        let mut commands: Vec<CommandStats> = conn.commands.iter().map(|c| c.stats.clone()).collect();
         commands.sort_by(|a, b| a.command.cmp(&b.command));
         stats.per_command = commands;
         stats.last_ping = conn.session.last_ping();
         stats.min_ping = conn.session.min_ping();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitcoin::p2p::message::{CommandString, NetworkMessage};
+
+    use super::count;
+
+    #[test]
+    fn commands_are_counted_per_variant_and_unknown_commands_share_one_entry() {
+        let mut stats = Vec::new();
+        let unknown = |name: &str| NetworkMessage::Unknown {
+            command: CommandString::try_from(name.to_owned()).unwrap(),
+            payload: vec![],
+        };
+        count(&mut stats, &NetworkMessage::Ping(1), 32, true);
+        count(&mut stats, &NetworkMessage::Ping(2), 32, false);
+        count(&mut stats, &NetworkMessage::Pong(2), 32, true);
+        for name in ["aaa", "bbb", "ccc"] {
+            count(&mut stats, &unknown(name), 24, true);
+        }
+        let table: Vec<_> = stats
+            .iter()
+            .map(|c| (c.stats.command.as_str(), c.stats.msgs_in, c.stats.bytes_in, c.stats.msgs_out, c.stats.bytes_out))
+            .collect();
+        assert_eq!(table, [("ping", 1, 32, 1, 32), ("pong", 1, 32, 0, 0), ("(unknown)", 3, 72, 0, 0)]);
     }
 }
