@@ -4,7 +4,8 @@
 pub mod asynch;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::{self, Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -113,6 +114,67 @@ struct Inner<C> {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     local_addrs: Vec<SocketAddr>,
+    /// The blocking receives' spin backoff, shared by all clones.
+    spin: SpinBackoff,
+}
+
+/// How long a blocking receive that follows a send or command polls for
+/// an event, yielding the core between polls, before it parks the thread:
+/// the answer to a request just sent is taken without a futex wake-up,
+/// which costs tens of microseconds on a busy machine. A receive with no
+/// command since the last one (a consumer of a stream of events) parks at
+/// once and leaves the cores to the reactors.
+const RECV_SPIN: Duration = Duration::from_micros(60);
+/// After spins that found nothing, at most this many blocking receives go
+/// by without one (the gap doubles with each miss and a hit resets it), so
+/// a consumer whose events come slowly costs little CPU.
+const RECV_SPIN_BACKOFF_MAX: u32 = 64;
+
+/// Why a receive's spin ended without an event.
+enum SpinEnd {
+    Nothing,
+    Disconnected,
+}
+
+/// The reactor's spin policy (see `reactor::SPIN`) on the consumer side.
+/// Relaxed atomics: clones racing on it only change when a spin happens.
+#[derive(Default)]
+struct SpinBackoff {
+    /// A command was sent since the last spin.
+    armed: AtomicBool,
+    gap: AtomicU32,
+    skip: AtomicU32,
+}
+
+impl SpinBackoff {
+    fn arm(&self) {
+        if !self.armed.load(Relaxed) {
+            self.armed.store(true, Relaxed);
+        }
+    }
+
+    /// True if this receive should spin (disarms); counts down a skip.
+    fn should_spin(&self) -> bool {
+        if !self.armed.swap(false, Relaxed) {
+            return false;
+        }
+        let skip = self.skip.load(Relaxed);
+        if skip == 0 {
+            return true;
+        }
+        self.skip.store(skip - 1, Relaxed);
+        false
+    }
+
+    fn hit(&self) {
+        self.gap.store(0, Relaxed);
+    }
+
+    fn miss(&self) {
+        let gap = (self.gap.load(Relaxed) * 2 + 1).min(RECV_SPIN_BACKOFF_MAX);
+        self.gap.store(gap, Relaxed);
+        self.skip.store(gap, Relaxed);
+    }
 }
 
 impl<C> Inner<C> {
@@ -176,11 +238,44 @@ impl<S: Stack> Handle<S> {
         thread: JoinHandle<()>,
         local_addrs: Vec<SocketAddr>,
     ) -> Self {
-        let inner = Arc::new(Inner { commands, shared, thread: Mutex::new(Some(thread)), local_addrs });
+        let inner = Arc::new(Inner {
+            commands,
+            shared,
+            thread: Mutex::new(Some(thread)),
+            local_addrs,
+            spin: SpinBackoff::default(),
+        });
         Handle { inner, events, local: Arc::default() }
     }
 
     /// Pops from this clone's batch buffer.
+    /// Polls for an event until `until`, yielding the core between polls,
+    /// unless the backoff says to skip this spin.
+    fn spin_for_event(&self, until: Instant) -> Result<Event<S>, SpinEnd> {
+        let spin = &self.inner.spin;
+        if until <= Instant::now() || !spin.should_spin() {
+            return Err(SpinEnd::Nothing);
+        }
+        loop {
+            match self.events.try_recv() {
+                Ok(batch) => {
+                    if let Some(event) = self.take_batch(batch) {
+                        spin.hit();
+                        return Ok(event);
+                    }
+                }
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(SpinEnd::Disconnected),
+                Err(crossbeam_channel::TryRecvError::Empty) => {
+                    if Instant::now() >= until {
+                        spin.miss();
+                        return Err(SpinEnd::Nothing);
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
     fn pop_local(&self) -> Option<Event<S>> {
         self.local.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
     }
@@ -202,6 +297,7 @@ impl<S: Stack> Handle<S> {
     fn command(&self, cmd: Cmd<S::Message, S::Info>) -> Result<(), ReactorGone> {
         self.inner.commands.send(cmd).map_err(|_| ReactorGone)?;
         self.inner.shared.wake_if_sleeping();
+        self.inner.spin.arm();
         Ok(())
     }
 
@@ -322,6 +418,7 @@ impl<S: Stack> Handle<S> {
         match self.inner.commands.send(Cmd::Send { peer, message }) {
             Ok(()) => {
                 shared.wake_if_sleeping();
+                self.inner.spin.arm();
                 Ok(())
             }
             Err(crossbeam_channel::SendError(cmd)) => match cmd {
@@ -353,9 +450,19 @@ impl<S: Stack> Handle<S> {
 
     /// Blocks until the next event. `None` once the reactor has stopped and
     /// every event has been received.
+    ///
+    /// After a send or other command through this handle (or a clone), the
+    /// first receive polls for up to 60 µs, yielding the core, before it
+    /// parks the thread, so a quick answer costs no wake-up; after polls
+    /// that found nothing, later ones are skipped for a while.
     pub fn recv(&self) -> Option<Event<S>> {
         if let Some(event) = self.pop_local() {
             return Some(event);
+        }
+        match self.spin_for_event(Instant::now() + RECV_SPIN) {
+            Ok(event) => return Some(event),
+            Err(SpinEnd::Disconnected) => return None,
+            Err(SpinEnd::Nothing) => {}
         }
         loop {
             let batch = self.events.recv().ok()?;
@@ -382,12 +489,19 @@ impl<S: Stack> Handle<S> {
         }
     }
 
-    /// Waits up to `timeout` for the next event.
+    /// Waits up to `timeout` for the next event (polling first, as
+    /// [`recv`](Handle::recv) does).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event<S>, RecvTimeoutError> {
         if let Some(event) = self.pop_local() {
             return Ok(event);
         }
-        let deadline = later(Instant::now(), timeout);
+        let now = Instant::now();
+        let deadline = later(now, timeout);
+        match self.spin_for_event(deadline.min(now + RECV_SPIN)) {
+            Ok(event) => return Ok(event),
+            Err(SpinEnd::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(SpinEnd::Nothing) => {}
+        }
         loop {
             let batch = self.events.recv_deadline(deadline).map_err(|e| match e {
                 crossbeam_channel::RecvTimeoutError::Timeout => RecvTimeoutError::Timeout,
@@ -453,5 +567,40 @@ impl<S: Stack> Handle<S> {
     /// Whether the reactor thread is still running.
     pub fn is_running(&self) -> bool {
         self.inner.thread.lock().map(|t| t.as_ref().is_some_and(|t| !t.is_finished())).unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod spin_tests {
+    use super::{RECV_SPIN_BACKOFF_MAX, SpinBackoff};
+
+    #[test]
+    fn a_receive_spins_only_after_a_command_and_backs_off_after_misses() {
+        let spin = SpinBackoff::default();
+        assert!(!spin.should_spin(), "no command sent: park at once");
+        spin.arm();
+        assert!(spin.should_spin());
+        assert!(!spin.should_spin(), "one spin per command");
+        // Misses: the next 1, 3, 7, ... armed receives skip their spin.
+        for gap in [1, 3, 7] {
+            spin.miss();
+            for _ in 0..gap {
+                spin.arm();
+                assert!(!spin.should_spin());
+            }
+            spin.arm();
+            assert!(spin.should_spin());
+        }
+        for _ in 0..10 {
+            spin.miss();
+        }
+        assert_eq!(spin.skip.load(std::sync::atomic::Ordering::Relaxed), RECV_SPIN_BACKOFF_MAX);
+        // A hit resets the gap: the next miss skips one receive only.
+        spin.hit();
+        spin.miss();
+        spin.arm();
+        assert!(!spin.should_spin());
+        spin.arm();
+        assert!(spin.should_spin());
     }
 }
