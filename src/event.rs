@@ -227,6 +227,24 @@ pub enum DisconnectReason<S: Stack = Bitcoin> {
         /// The configured frame timeout.
         timeout: Duration,
     },
+    /// Every inbound slot was taken and a new inbound connection came: this
+    /// peer was chosen by Bitcoin Core's eviction rule (see
+    /// [`Config::max_inbound`](crate::Config::max_inbound)) and closed to
+    /// make room.
+    Evicted,
+}
+
+/// What a peer sent that the user found new and valid, reported with
+/// [`Handle::relayed`](crate::Handle::relayed): inbound eviction protects
+/// the peers that most recently did (Bitcoin Core's rule), because an
+/// attacker cannot fake this without doing useful work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Relayed {
+    /// A block we did not have, that passed our checks.
+    Block,
+    /// A transaction we did not have, accepted into our mempool.
+    Transaction,
 }
 
 impl<S: Stack> DisconnectReason<S> {
@@ -253,6 +271,7 @@ impl<S: Stack> fmt::Debug for DisconnectReason<S> {
             DisconnectReason::FrameTimeout { received, timeout } => {
                 f.debug_struct("FrameTimeout").field("received", received).field("timeout", timeout).finish()
             }
+            DisconnectReason::Evicted => f.write_str("Evicted"),
         }
     }
 }
@@ -275,6 +294,7 @@ impl<S: Stack> fmt::Display for DisconnectReason<S> {
             DisconnectReason::FrameTimeout { received, timeout } => {
                 write!(f, "frame incomplete after {} s ({received} bytes received)", timeout.as_secs_f64())
             }
+            DisconnectReason::Evicted => f.write_str("evicted to make room for a new inbound connection"),
         }
     }
 }

@@ -70,6 +70,21 @@ pub(crate) trait Protocol: Send + 'static {
     fn closed(&mut self, conn: &Self::Conn);
     fn info(&self, conn: &Self::Conn, link: LinkInfo) -> Info<Self>;
     fn stats(&self, conn: &Self::Conn, stats: &mut PeerStats);
+    /// What inbound eviction weighs, as far as the protocol knows it.
+    fn traits(&self, _conn: &Self::Conn) -> PeerTraits {
+        PeerTraits::default()
+    }
+}
+
+/// A connection's traits that inbound eviction weighs (see
+/// `reactor::eviction`); unknown ones are `None`/`false`, which makes a
+/// peer easier to evict.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PeerTraits {
+    pub(crate) min_ping: Option<std::time::Duration>,
+    pub(crate) relay_txs: bool,
+    pub(crate) relevant_services: bool,
+    pub(crate) bloom_filter: bool,
 }
 
 /// No state: every message goes to the user.
@@ -279,6 +294,21 @@ impl Protocol for Bitcoin {
             },
             features: conn.session.features(),
             ready: conn.session.is_ready(),
+        }
+    }
+
+    fn traits(&self, conn: &BitcoinConn) -> PeerTraits {
+        use bitcoin::p2p::ServiceFlags;
+        let version = conn.session.peer_version().or(conn.raw_version.as_ref());
+        let services = version.map_or(ServiceFlags::NONE, |v| v.services);
+        // Core's desirable services: full or pruned blocks, with witnesses.
+        let blocks = services.has(ServiceFlags::NETWORK) || services.has(ServiceFlags::NETWORK_LIMITED);
+        let filterload = conn.commands.iter().any(|c| c.stats.command == "filterload" && c.stats.msgs_in > 0);
+        PeerTraits {
+            min_ping: conn.session.min_ping(),
+            relay_txs: version.is_some_and(|v| v.relay),
+            relevant_services: blocks && services.has(ServiceFlags::WITNESS),
+            bloom_filter: filterload,
         }
     }
 

@@ -99,8 +99,12 @@ pub struct ReactorStats {
     /// Inbound connections accepted and given a slot.
     pub inbound_accepted: u64,
     /// Inbound connections closed at accept because every inbound slot
-    /// ([`Config::max_inbound`](crate::Config::max_inbound)) was taken.
+    /// ([`Config::max_inbound`](crate::Config::max_inbound)) was taken and
+    /// no inbound peer could be evicted.
     pub inbound_refused_full: u64,
+    /// Inbound peers evicted to make room for a new inbound connection
+    /// (each also reported as [`DisconnectReason::Evicted`](crate::DisconnectReason::Evicted)).
+    pub inbound_evicted: u64,
     /// Inbound connections that could not be set up (registration with the
     /// poll failed, or the codec refused to start).
     pub inbound_failed: u64,
@@ -431,6 +435,22 @@ impl<S: Stack> Handle<S> {
     /// Ends the connection to `peer`; [`Event::Disconnected`] follows.
     pub fn disconnect(&self, peer: PeerId, mode: Disconnect) -> Result<(), ReactorGone> {
         self.command(Cmd::Disconnect { peer, mode })
+    }
+
+    /// Exempts an inbound `peer` from eviction (`true`), as Bitcoin Core
+    /// exempts `noban` and manual peers, or ends the exemption. Outbound
+    /// peers are never evicted. An unknown peer is ignored.
+    pub fn protect(&self, peer: PeerId, protected: bool) -> Result<(), ReactorGone> {
+        self.command(Cmd::Protect { peer, protected })
+    }
+
+    /// Reports that `peer` just sent a block or transaction that was new
+    /// to you and valid. When every inbound slot is taken, eviction spares
+    /// the peers that did so most recently (Bitcoin Core protects 4 by
+    /// transactions and 4 by blocks, and up to 8 block-relay-only peers).
+    /// An unknown peer is ignored.
+    pub fn relayed(&self, peer: PeerId, what: crate::event::Relayed) -> Result<(), ReactorGone> {
+        self.command(Cmd::Relayed { peer, what })
     }
 
     /// Stops the reactor, closes every socket and joins the thread. Events

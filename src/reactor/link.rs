@@ -305,6 +305,8 @@ pub(crate) struct Link<C: Codec, P: Protocol> {
     /// announced; delivered right after `Ready`.
     before_ready: Vec<(Msg<P>, usize)>,
     timers: TimerTable,
+    /// What inbound eviction weighs beyond the protocol's traits.
+    pub(crate) standing: super::eviction::Standing,
     connected_at: Instant,
     last_send: Option<Instant>,
     last_recv: Option<Instant>,
@@ -386,6 +388,7 @@ where
             held,
             before_ready: Vec::new(),
             timers: TimerTable::default(),
+            standing: super::eviction::Standing::default(),
             connected_at: cx.now,
             last_send: None,
             last_recv: None,
@@ -412,6 +415,29 @@ where
 
     pub(crate) fn state(&self) -> State {
         self.state
+    }
+
+    /// This link as an eviction candidate, if it may be one: inbound, not
+    /// already closing.
+    pub(crate) fn eviction_candidate(&self, proto: &P) -> Option<super::eviction::Candidate> {
+        if self.direction != Direction::Inbound || self.after_flush || matches!(self.state, State::Lingering { .. }) {
+            return None;
+        }
+        let traits = proto.traits(&self.proto);
+        let s = &self.standing;
+        Some(super::eviction::Candidate {
+            id: self.id,
+            connected: self.connected_at,
+            min_ping: traits.min_ping,
+            last_block: s.last_block,
+            last_tx: s.last_tx,
+            relevant_services: traits.relevant_services,
+            relay_txs: traits.relay_txs,
+            bloom_filter: traits.bloom_filter,
+            keyed_net_group: s.keyed_net_group,
+            is_local: s.is_local,
+            protected: s.protected,
+        })
     }
 
     /// Bytes queued and not yet written.

@@ -89,22 +89,16 @@ impl Listeners {
         self.list.iter().filter_map(|l| l.backoff_until).min()
     }
 
-    /// The next admitted connection, or `None` when every listener is
-    /// drained, backing off or out of budget. Connections over the inbound
-    /// cap are closed here and counted.
-    pub(super) fn accept(&mut self, now: Instant, counters: &Counters) -> Option<(TcpStream, SocketAddr)> {
+    /// The next connection, and whether every inbound slot is taken (then
+    /// the caller evicts a peer or drops it), or `None` when every listener
+    /// is drained, backing off or out of budget.
+    pub(super) fn accept(&mut self, now: Instant, counters: &Counters) -> Option<(TcpStream, SocketAddr, bool)> {
         for l in &mut self.list {
             while l.pending && l.backoff_until.is_none() && l.budget > 0 {
                 match l.socket.accept() {
                     Ok((stream, remote)) => {
                         l.budget -= 1;
-                        if self.inbound >= self.max_inbound {
-                            log::debug!("refusing {remote}: {} inbound peers (the maximum)", self.inbound);
-                            Counters::bump(&counters.inbound_refused_full);
-                            continue;
-                        }
-                        Counters::bump(&counters.inbound_accepted);
-                        return Some((stream, remote));
+                        return Some((stream, remote, self.inbound >= self.max_inbound));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => l.pending = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

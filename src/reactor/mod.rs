@@ -5,6 +5,7 @@
 //! budgets, fire due timers, then sleep in `poll` until the next deadline.
 
 mod dial;
+mod eviction;
 mod link;
 mod listener;
 mod outbound;
@@ -94,6 +95,7 @@ where
         proxies: Proxies::new(&config, &mut rng),
         resolver: Resolver::new(Arc::clone(&shared)),
         resolving: IdMap::default(),
+        eviction_key: (rng.u64(), rng.u64()),
         poll,
         listeners,
         slots: IdMap::default(),
@@ -140,6 +142,8 @@ struct Reactor<F: Factory, P: Protocol> {
     resolver: Resolver,
     /// Outbound attempts waiting for a host-name lookup.
     resolving: IdMap<Lookup<Msg<P>>>,
+    /// The secret that keys network groups for eviction.
+    eviction_key: (u64, u64),
 }
 
 impl<F, P> Reactor<F, P>
@@ -340,7 +344,12 @@ where
     fn accept_pending(&mut self) {
         // Each accept may produce an event; wait while the user is behind.
         while !self.env.out.paused() {
-            let Some((stream, remote)) = self.listeners.accept(self.env.now, &self.shared.stats) else { return };
+            let Some((stream, remote, full)) = self.listeners.accept(self.env.now, &self.shared.stats) else { return };
+            if full && !self.evict_for(remote) {
+                Counters::bump(&self.shared.stats.inbound_refused_full);
+                continue;
+            }
+            Counters::bump(&self.shared.stats.inbound_accepted);
             self.admit(stream, remote);
         }
     }
@@ -372,7 +381,8 @@ where
             &mut self.env.cx(),
         );
         match link {
-            Ok(link) => {
+            Ok(mut link) => {
+                link.standing = self.standing(remote);
                 self.listeners.inbound += 1;
                 self.insert(link, stream, true);
             }
@@ -409,6 +419,8 @@ where
                     self.dial(attempt, target, None, deadline, None);
                 }
                 Ok(Cmd::Disconnect { peer, mode }) => self.disconnect(peer, mode),
+                Ok(Cmd::Protect { peer, protected }) => self.protect(peer, protected),
+                Ok(Cmd::Relayed { peer, what }) => self.relayed(peer, what),
                 Ok(Cmd::Query(query)) => self.answer(query),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {

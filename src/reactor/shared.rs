@@ -14,9 +14,29 @@ use crate::peer::PeerStats;
 use crate::types::PeerId;
 
 pub(crate) enum Cmd<M, I> {
-    Connect { peer: PeerId, target: crate::Target, gate: Arc<Gate> },
-    Send { peer: PeerId, message: M },
-    Disconnect { peer: PeerId, mode: Disconnect },
+    Connect {
+        peer: PeerId,
+        target: crate::Target,
+        gate: Arc<Gate>,
+    },
+    Send {
+        peer: PeerId,
+        message: M,
+    },
+    Disconnect {
+        peer: PeerId,
+        mode: Disconnect,
+    },
+    /// Exempt a peer from eviction, or end the exemption.
+    Protect {
+        peer: PeerId,
+        protected: bool,
+    },
+    /// The user found what the peer sent useful (eviction protects it).
+    Relayed {
+        peer: PeerId,
+        what: crate::event::Relayed,
+    },
     Query(Query<I>),
 }
 
@@ -227,6 +247,7 @@ pub(crate) struct Shared {
 pub(crate) struct Counters {
     pub(crate) inbound_accepted: AtomicU64,
     pub(crate) inbound_refused_full: AtomicU64,
+    pub(crate) inbound_evicted: AtomicU64,
     pub(crate) inbound_failed: AtomicU64,
     pub(crate) accept_backoffs: AtomicU64,
 }
@@ -240,6 +261,7 @@ impl Counters {
         ReactorStats {
             inbound_accepted: self.inbound_accepted.load(Ordering::Relaxed),
             inbound_refused_full: self.inbound_refused_full.load(Ordering::Relaxed),
+            inbound_evicted: self.inbound_evicted.load(Ordering::Relaxed),
             inbound_failed: self.inbound_failed.load(Ordering::Relaxed),
             accept_backoffs: self.accept_backoffs.load(Ordering::Relaxed),
         }

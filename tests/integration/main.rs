@@ -2,6 +2,7 @@
 //! sleeps used as synchronisation (waits are bounded by a timeout that only
 //! matters when the test fails).
 
+mod admission;
 mod asynchronous;
 mod cbf;
 mod common;

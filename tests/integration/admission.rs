@@ -1,0 +1,159 @@
+//! Inbound admission: eviction when every slot is taken (Bitcoin Core's
+//! rule), protected peers, and peers credited with useful relays.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::message::NetworkMessage;
+use peerlink::codec::{Codec, Decoded};
+use peerlink::wire::V1Codec;
+use peerlink::{Config, DisconnectReason, Event, PeerId, Relayed};
+
+use crate::common::*;
+
+/// A TCP peer that sends a valid `version` and then the first bytes of a
+/// message that never completes, and never reads.
+fn stalled_peer(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let version = NetworkMessage::Version(crate::v2::version_message_for_tests());
+    let mut bytes = encode(NET, &version);
+    bytes.extend_from_slice(&encode(NET, &NetworkMessage::Ping(7))[..10]);
+    write_all(&mut s, &bytes);
+    s
+}
+
+/// Reads v1 messages from `stream` until `pick` returns `Some`, or fails
+/// at `deadline`.
+fn read_until<T>(stream: &mut TcpStream, deadline: Instant, mut pick: impl FnMut(NetworkMessage) -> Option<T>) -> T {
+    let mut codec = V1Codec::new(NET);
+    let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+    let mut chunk = [0u8; 4096];
+    loop {
+        loop {
+            match codec.decode(&buf, &mut scratch).expect("valid v1 from the listener") {
+                Decoded::Message { message, consumed } => {
+                    buf.drain(..consumed);
+                    if let Some(t) = pick(message) {
+                        return t;
+                    }
+                }
+                Decoded::Consumed(n) => drop(buf.drain(..n)),
+                Decoded::NeedMore { .. } => break,
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "deadline passed");
+        stream.set_read_timeout(Some(left)).unwrap();
+        let n = stream.read(&mut chunk).expect("read before the deadline");
+        assert!(n > 0, "the listener closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The scenario: 500 connections that each send `version` and then
+/// the start of a message that never completes fill the default 125
+/// inbound slots many times over. A well-behaved peer that comes after
+/// them still gets a slot (a stalled peer is evicted) and its `pong`
+/// within 1 s.
+#[test]
+fn five_hundred_stalled_connections_do_not_lock_out_a_good_peer() {
+    let mut config = Config::new(NET);
+    config.transport = peerlink::wire::TransportPolicy::V1Only;
+    config.listen.push(localhost());
+    let server = peerlink::start(config).unwrap();
+    let addr = server.local_addrs()[0];
+    let stalled: Vec<TcpStream> = (0..500).map(|_| stalled_peer(addr)).collect();
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1);
+    let mut good = TcpStream::connect(addr).unwrap();
+    let version = NetworkMessage::Version(crate::v2::version_message_for_tests());
+    write_all(&mut good, &encode(NET, &version));
+    read_until(&mut good, deadline, |m| matches!(m, NetworkMessage::Verack).then_some(()));
+    write_all(&mut good, &encode(NET, &NetworkMessage::Verack));
+    write_all(&mut good, &encode(NET, &NetworkMessage::Ping(0x600d)));
+    read_until(&mut good, deadline, |m| matches!(m, NetworkMessage::Pong(0x600d)).then_some(()));
+    let took = started.elapsed();
+    println!("good peer's pong after {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(1), "pong after {took:?}");
+
+    // 501 connections, 125 slots: each one past the 125th evicted a peer.
+    let stats = server.reactor_stats();
+    assert_eq!(stats.inbound_accepted, 501, "{stats:?}");
+    assert_eq!(stats.inbound_evicted, 501 - 125, "{stats:?}");
+    assert_eq!(stats.inbound_refused_full, 0, "{stats:?}");
+    // Session mode lists peers once their handshake is done: the good one.
+    assert_eq!(server.peers().unwrap().len(), 1);
+    drop(stalled);
+}
+
+/// Raw mode announces peers at once, so every eviction is reported with
+/// its own reason. Each newcomer is protected as it arrives, so that the
+/// evictions must come from the first 40 peers; of those, the one the user
+/// protected and the one it credited with a novel block are never chosen,
+/// though they are the youngest.
+#[test]
+fn evictions_are_reported_and_spare_protected_and_useful_peers() {
+    let mut config = listener_config();
+    config.max_inbound = 40;
+    let (server, addr) = listener_with(config);
+    let mut streams = Vec::new();
+    let mut first: Vec<PeerId> = Vec::new();
+    for _ in 0..40 {
+        let (s, id) = raw_peer(&server, addr);
+        streams.push(s);
+        first.push(id);
+    }
+    let (protected, useful) = (first[39], first[38]);
+    server.protect(protected, true).unwrap();
+    server.relayed(useful, Relayed::Block).unwrap();
+    // A query is answered after the commands before it: they are applied.
+    assert_eq!(server.peers().unwrap().len(), 40);
+    let mut evicted = Vec::new();
+    // 10 rounds: with fewer than about 20 unprotected peers left, the
+    // rule protects them all (see the next test).
+    for _ in 0..10 {
+        streams.push(stalled_peer(addr));
+        let (mut victim, mut newcomer) = (None, None);
+        while victim.is_none() || newcomer.is_none() {
+            match next_event(&server) {
+                Event::Disconnected { peer, reason: DisconnectReason::Evicted } => victim = Some(peer),
+                Event::Disconnected { peer, reason } => panic!("peer {peer} closed: {reason}"),
+                Event::Connected { peer, .. } => newcomer = Some(peer),
+                _ => {}
+            }
+        }
+        let (victim, newcomer) = (victim.unwrap(), newcomer.unwrap());
+        server.protect(newcomer, true).unwrap();
+        assert_eq!(server.peers().unwrap().len(), 40);
+        evicted.push(victim);
+    }
+    assert!(evicted.iter().all(|v| first.contains(v)), "{evicted:?}");
+    assert!(!evicted.contains(&protected) && !evicted.contains(&useful), "{evicted:?}");
+    let stats = server.reactor_stats();
+    assert_eq!((stats.inbound_evicted, stats.inbound_refused_full), (10, 0), "{stats:?}");
+    let peers: Vec<PeerId> = server.peers().unwrap().iter().map(|p| p.peer).collect();
+    assert!(peers.contains(&protected) && peers.contains(&useful));
+}
+
+/// With every inbound peer protected there is nothing to evict: the new
+/// connection is closed at accept and counted.
+#[test]
+fn a_new_connection_is_refused_when_no_peer_may_be_evicted() {
+    let mut config = listener_config();
+    config.max_inbound = 30;
+    let (server, addr) = listener_with(config);
+    let mut streams = Vec::new();
+    for _ in 0..30 {
+        let (s, id) = raw_peer(&server, addr);
+        server.protect(id, true).unwrap();
+        streams.push(s);
+    }
+    let mut late = TcpStream::connect(addr).unwrap();
+    late.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(read_to_close(&mut late).is_empty(), "closed at once");
+    let stats = server.reactor_stats();
+    assert_eq!((stats.inbound_evicted, stats.inbound_refused_full), (0, 1), "{stats:?}");
+    assert_eq!(server.peers().unwrap().len(), 30);
+}
