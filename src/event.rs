@@ -247,11 +247,46 @@ pub enum Relayed {
     Transaction,
 }
 
+/// Whose fault a disconnect was, for deciding on a ban
+/// ([`DisconnectReason::fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The peer sent provably invalid data (bytes the codec refused, or a
+    /// broken handshake): a ban is justified.
+    Misbehaviour,
+    /// The peer did not answer, read or finish something in time. A slow
+    /// or distant peer does this too: a ban is not justified.
+    Timeout,
+    /// Neither: we closed the connection or evicted the peer, the peer
+    /// left, the socket failed, or the peer lacks what we require.
+    Neither,
+}
+
 impl<S: Stack> DisconnectReason<S> {
-    /// Whether the peer sent provably invalid data (a codec or protocol
-    /// violation), as opposed to leaving, timing out or being dropped by us.
+    /// Whose fault the disconnect was: [`Fault::Misbehaviour`] for
+    /// provably invalid data, [`Fault::Timeout`] for a missed deadline
+    /// (handshake, ping, frame, send stall, BIP324 handshake), else
+    /// [`Fault::Neither`].
+    pub fn fault(&self) -> Fault {
+        match self {
+            DisconnectReason::Codec(_) => Fault::Misbehaviour,
+            DisconnectReason::Protocol(e) => S::protocol_fault(e),
+            DisconnectReason::TransportTimeout(_)
+            | DisconnectReason::SendStalled { .. }
+            | DisconnectReason::FrameTimeout { .. } => Fault::Timeout,
+            DisconnectReason::Requested
+            | DisconnectReason::Flushed
+            | DisconnectReason::PeerClosed
+            | DisconnectReason::Io(_)
+            | DisconnectReason::Evicted => Fault::Neither,
+        }
+    }
+
+    /// Whether the peer sent provably invalid data: `fault()` is
+    /// [`Fault::Misbehaviour`].
     pub fn is_misbehaviour(&self) -> bool {
-        matches!(self, DisconnectReason::Codec(_) | DisconnectReason::Protocol(_))
+        self.fault() == Fault::Misbehaviour
     }
 }
 

@@ -112,7 +112,7 @@ pub mod wire;
 pub use config::Config;
 pub use error::StartError;
 pub use error::{RecvTimeoutError, TryRecvError};
-pub use event::{ConnectError, Direction, DisconnectReason, Event, PeerId, Relayed, SendError};
+pub use event::{ConnectError, Direction, DisconnectReason, Event, Fault, PeerId, Relayed, SendError};
 pub use handle::{Disconnect, Handle, ReactorGone, ReactorStats, Refusal, Refused};
 pub use peer::{PeerInfo, PeerStats};
 pub use reactor::start_with_codec;

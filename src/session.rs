@@ -183,6 +183,25 @@ pub enum SessionError {
     PingTimeout(Duration),
 }
 
+impl SessionError {
+    /// Whose fault the disconnect was: a broken handshake is
+    /// [`Misbehaviour`](crate::event::Fault::Misbehaviour), a missed
+    /// deadline a [`Timeout`](crate::event::Fault::Timeout), and an old
+    /// version, missing services or a connection to ourselves neither.
+    pub fn fault(&self) -> crate::event::Fault {
+        use crate::event::Fault;
+        match self {
+            SessionError::MessageBeforeVersion { .. }
+            | SessionError::DuplicateVersion
+            | SessionError::FeatureAfterVerack { .. } => Fault::Misbehaviour,
+            SessionError::HandshakeTimeout(_) | SessionError::PingTimeout(_) => Fault::Timeout,
+            SessionError::ObsoleteVersion { .. }
+            | SessionError::MissingServices { .. }
+            | SessionError::SelfConnection => Fault::Neither,
+        }
+    }
+}
+
 impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -35,6 +35,14 @@ pub trait Stack: 'static {
     /// What [`Handle::peers`](crate::Handle::peers) and
     /// [`Event::Ready`](crate::Event::Ready) report about a peer.
     type Info: fmt::Debug + Clone + Send + 'static;
+
+    /// Whose fault a disconnect for `error` was (see
+    /// [`DisconnectReason::fault`](crate::DisconnectReason::fault)). By
+    /// default a protocol error is the peer's misbehaviour.
+    fn protocol_fault(error: &Self::ProtocolError) -> crate::event::Fault {
+        let _ = error;
+        crate::event::Fault::Misbehaviour
+    }
 }
 
 /// The Bitcoin stack: [`NetworkMessage`] over [`BitcoinCodec`](crate::wire::BitcoinCodec),
@@ -47,6 +55,10 @@ impl Stack for Bitcoin {
     type CodecError = WireError;
     type ProtocolError = SessionError;
     type Info = PeerInfo;
+
+    fn protocol_fault(error: &SessionError) -> crate::event::Fault {
+        error.fault()
+    }
 }
 
 /// Any codec `C` in raw mode, with no protocol layer: every message is

@@ -54,6 +54,8 @@ pub fn hostile(bytes: Vec<u8>) -> WireError {
             }
             Event::Disconnected { peer, reason: r } => {
                 assert_eq!(peer, bad, "only the hostile peer is disconnected");
+                // Bytes the codec refused are provably invalid.
+                assert_eq!(r.fault(), peerlink::Fault::Misbehaviour, "{r}");
                 match r {
                     DisconnectReason::Codec(e) => reason = Some(e),
                     other => panic!("wrong reason: {other}"),

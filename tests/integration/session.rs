@@ -163,6 +163,8 @@ fn handshake_timeout_disconnects_silent_peer() {
         _ => None,
     });
     assert!(matches!(reason, DisconnectReason::Protocol(SessionError::HandshakeTimeout(_))), "{reason}");
+    // Silence is a timeout: no ban is justified.
+    assert_eq!(reason.fault(), peerlink::Fault::Timeout);
 }
 
 #[test]
@@ -182,6 +184,8 @@ fn message_before_version_disconnects() {
         matches!(&reason, DisconnectReason::Protocol(SessionError::MessageBeforeVersion { command }) if command.as_ref() == "ping"),
         "{reason}"
     );
+    // A broken handshake is provably invalid: a ban is justified.
+    assert_eq!(reason.fault(), peerlink::Fault::Misbehaviour);
 }
 
 #[test]
@@ -197,6 +201,7 @@ fn missing_required_services_refused() {
         _ => None,
     });
     assert!(matches!(reason, DisconnectReason::Protocol(SessionError::MissingServices { .. })), "{reason}");
+    assert_eq!(reason.fault(), peerlink::Fault::Neither, "lacking services is no misbehaviour");
     drop(server);
 }
 
