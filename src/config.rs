@@ -29,6 +29,15 @@ pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// Bitcoin Core's `DEFAULT_MAX_PEER_CONNECTIONS` (src/net.h).
 pub const DEFAULT_MAX_INBOUND: usize = 125;
 
+/// Default cap on outbound connections, pending ones included: Bitcoin
+/// Core's `DEFAULT_MAX_PEER_CONNECTIONS`, its cap on all connections (of
+/// which it opens 8 full-relay and 2 block-relay-only outbound itself).
+pub const DEFAULT_MAX_OUTBOUND: usize = 125;
+
+/// Default cap on outbound connections not yet established (TCP connect,
+/// proxy handshake or host-name lookup under way).
+pub const DEFAULT_MAX_PENDING_CONNECTS: usize = 128;
+
 /// Default per-peer cap on messages on their way to the reactor.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
@@ -95,9 +104,21 @@ pub struct Config {
     pub event_capacity: usize,
     /// Bytes read and written per peer per round. Default 256 KiB.
     pub io_budget: usize,
-    /// Inbound connections kept at once; more are closed as soon as they are
+    /// Inbound connections kept at once. When all are taken, a new one
+    /// evicts an inbound peer chosen by Bitcoin Core's rule
+    /// ([`DisconnectReason::Evicted`](crate::DisconnectReason::Evicted)),
+    /// or, if every candidate is protected, is closed as soon as it is
     /// accepted. Default 125 (Bitcoin Core's `-maxconnections`).
     pub max_inbound: usize,
+    /// Outbound connections at once, pending ones included; a connect
+    /// beyond fails with [`ConnectError::TooManyOutbound`](crate::ConnectError::TooManyOutbound)
+    /// before any syscall. Default [`DEFAULT_MAX_OUTBOUND`] (125); a
+    /// crawler raises it.
+    pub max_outbound: usize,
+    /// Outbound connections not yet established, at once; a connect beyond
+    /// fails with [`ConnectError::TooManyPending`](crate::ConnectError::TooManyPending).
+    /// Default [`DEFAULT_MAX_PENDING_CONNECTS`] (128).
+    pub max_pending_connects: usize,
     /// Messages per peer accepted by [`Handle::send`](crate::Handle::send)
     /// but not yet taken by the reactor; more are refused until the reactor
     /// catches up, which bounds the command queue. Default 4096.
@@ -155,6 +176,8 @@ impl Config {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_in_flight_total: DEFAULT_MAX_IN_FLIGHT_TOTAL,
             max_inbound: DEFAULT_MAX_INBOUND,
+            max_outbound: DEFAULT_MAX_OUTBOUND,
+            max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
             mode: Mode::Session,
             transport: TransportPolicy::V2Preferred,
             session: SessionConfig::default(),

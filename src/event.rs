@@ -161,6 +161,19 @@ pub enum ConnectError {
     /// itself, which names the proxy.
     #[cfg(feature = "socks")]
     Proxy(crate::socks5::ProxyError),
+    /// [`Config::max_outbound`](crate::Config::max_outbound) outbound
+    /// connections are open or pending. Nothing was sent anywhere.
+    TooManyOutbound {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// [`Config::max_pending_connects`](crate::Config::max_pending_connects)
+    /// outbound connections are still being established. Nothing was sent
+    /// anywhere.
+    TooManyPending {
+        /// The configured maximum.
+        max: usize,
+    },
 }
 
 impl fmt::Display for ConnectError {
@@ -172,6 +185,8 @@ impl fmt::Display for ConnectError {
             ConnectError::OnionNeedsProxy => f.write_str("an onion target needs a proxy, and none is configured"),
             ConnectError::Resolve { name, .. } => write!(f, "cannot resolve {name}"),
             ConnectError::NoAddress { name } => write!(f, "{name} resolved to no address"),
+            ConnectError::TooManyOutbound { max } => write!(f, "{max} outbound connections already (the maximum)"),
+            ConnectError::TooManyPending { max } => write!(f, "{max} connects already pending (the maximum)"),
             #[cfg(feature = "socks")]
             ConnectError::Proxy(e) => write!(f, "{e}"),
         }

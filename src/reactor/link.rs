@@ -75,6 +75,8 @@ pub(crate) struct Limits {
     pub(crate) frame_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) receive_buffer: usize,
+    pub(crate) max_outbound: usize,
+    pub(crate) max_pending_connects: usize,
 }
 
 impl Limits {
@@ -86,6 +88,8 @@ impl Limits {
             frame_timeout: config.frame_timeout,
             handshake_timeout: config.session.handshake_timeout,
             receive_buffer: config.receive_buffer_limit,
+            max_outbound: config.max_outbound,
+            max_pending_connects: config.max_pending_connects,
         }
     }
 }
@@ -415,6 +419,11 @@ where
 
     pub(crate) fn state(&self) -> State {
         self.state
+    }
+
+    /// An outbound link still connecting (TCP or proxy handshake).
+    pub(crate) fn is_pending(&self) -> bool {
+        self.direction == Direction::Outbound && matches!(self.state, State::Connecting | State::Proxying)
     }
 
     /// This link as an eviction candidate, if it may be one: inbound, not

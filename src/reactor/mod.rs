@@ -416,7 +416,10 @@ where
                 Ok(Cmd::Connect { peer, target, gate }) => {
                     let deadline = crate::types::later(self.env.now, self.env.limits.connect_timeout);
                     let attempt = Attempt { peer, gate, held: VecDeque::new(), after_flush: false };
-                    self.dial(attempt, target, None, deadline, None);
+                    match self.outbound_room() {
+                        Ok(()) => self.dial(attempt, target, None, deadline, None),
+                        Err(error) => self.fail_connect(attempt, target, error),
+                    }
                 }
                 Ok(Cmd::Disconnect { peer, mode }) => self.disconnect(peer, mode),
                 Ok(Cmd::Protect { peer, protected }) => self.protect(peer, protected),

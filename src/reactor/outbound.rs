@@ -73,6 +73,24 @@ where
         }
     }
 
+    /// Whether a new outbound attempt fits under the outbound caps
+    /// (counted afresh: a scan of the links, for connects only).
+    pub(super) fn outbound_room(&self) -> Result<(), ConnectError> {
+        let limits = &self.env.limits;
+        let (mut outbound, mut pending) = (self.resolving.len(), self.resolving.len());
+        for slot in self.slots.values() {
+            outbound += usize::from(slot.link.direction == Direction::Outbound);
+            pending += usize::from(slot.link.is_pending());
+        }
+        if outbound >= limits.max_outbound {
+            return Err(ConnectError::TooManyOutbound { max: limits.max_outbound });
+        }
+        if pending >= limits.max_pending_connects {
+            return Err(ConnectError::TooManyPending { max: limits.max_pending_connects });
+        }
+        Ok(())
+    }
+
     /// Opens the TCP connection to `addr` for `dial`, moving on to the
     /// next resolved address if the connect call itself fails.
     pub(super) fn connect(

@@ -1359,6 +1359,8 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, proto: im
                 stall_timeout: Duration::from_secs(60),
                 frame_timeout: Duration::from_secs(120),
                 receive_buffer: 5_000_000,
+                max_outbound: 1000,
+                max_pending_connects: 1000,
             },
             max_in_flight: rng.pick(&[2, 3, 8, 1024]),
             schedule,

@@ -61,6 +61,8 @@ fn limits() -> Limits {
         stall_timeout: Duration::from_secs(60),
         frame_timeout: Duration::from_secs(120),
         receive_buffer: 5_000_000,
+        max_outbound: 1000,
+        max_pending_connects: 1000,
     }
 }
 

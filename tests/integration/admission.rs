@@ -157,3 +157,56 @@ fn a_new_connection_is_refused_when_no_peer_may_be_evicted() {
     assert_eq!((stats.inbound_evicted, stats.inbound_refused_full), (0, 1), "{stats:?}");
     assert_eq!(server.peers().unwrap().len(), 30);
 }
+
+/// The connect's outcome, which must be a failure.
+fn connect_failure(handle: &peerlink::Handle, peer: PeerId) -> peerlink::ConnectError {
+    wait_for(handle, |e| match e {
+        Event::ConnectFailed { peer: p, error, .. } if p == peer => Some(error),
+        Event::Connected { peer: p, .. } if p == peer => panic!("connected past the cap"),
+        _ => None,
+    })
+}
+
+/// `max_outbound` counts open and pending outbound connections; a connect
+/// beyond it fails at once with a typed error, and room comes back when a
+/// connection closes.
+#[test]
+fn outbound_connections_beyond_the_cap_fail_with_a_typed_error() {
+    let (server, addr) = listener();
+    let mut config = raw_config();
+    config.max_outbound = 2;
+    let client = peerlink::start(config).unwrap();
+    let a = client.connect(addr).unwrap();
+    let b = client.connect(addr).unwrap();
+    let third = client.connect(addr).unwrap();
+    let error = connect_failure(&client, third);
+    assert!(matches!(error, peerlink::ConnectError::TooManyOutbound { max: 2 }), "{error:?}");
+    assert_eq!(error.to_string(), "2 outbound connections already (the maximum)");
+    // The server saw two connections only.
+    connected(&server);
+    connected(&server);
+    let open: Vec<PeerId> = client.peers().unwrap().iter().map(|p| p.peer).collect();
+    assert!(open.contains(&a) && open.contains(&b) && open.len() == 2, "{open:?}");
+    client.disconnect(a, peerlink::Disconnect::Now).unwrap();
+    wait_for(&client, |e| matches!(e, Event::Disconnected { peer, .. } if peer == a).then_some(()));
+    let fourth = client.connect(addr).unwrap();
+    wait_for(&client, |e| matches!(e, Event::Connected { peer, .. } if peer == fourth).then_some(()));
+}
+
+/// `max_pending_connects` counts connects not yet established: here they
+/// hang in the handshake with a proxy that accepts and never answers.
+#[cfg(feature = "socks")]
+#[test]
+fn pending_connects_beyond_the_cap_fail_with_a_typed_error() {
+    let silent = std::net::TcpListener::bind(localhost()).unwrap();
+    let mut config = raw_config();
+    config.max_pending_connects = 2;
+    config.proxy = Some(peerlink::socks5::Proxy::new(silent.local_addr().unwrap()));
+    let client = peerlink::start(config).unwrap();
+    let target: SocketAddr = "127.0.0.1:8333".parse().unwrap();
+    let _a = client.connect(target).unwrap();
+    let _b = client.connect(target).unwrap();
+    let third = client.connect(target).unwrap();
+    let error = connect_failure(&client, third);
+    assert!(matches!(error, peerlink::ConnectError::TooManyPending { max: 2 }), "{error:?}");
+}
