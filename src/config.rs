@@ -110,6 +110,17 @@ pub struct Config {
     /// or, if every candidate is protected, is closed as soon as it is
     /// accepted. Default 125 (Bitcoin Core's `-maxconnections`).
     pub max_inbound: usize,
+    /// Inbound connections at once from one IP address (an IPv4-mapped
+    /// IPv6 address counts as its IPv4 address); more are closed at accept
+    /// and counted in [`ReactorStats::inbound_refused_source`](crate::handle::ReactorStats::inbound_refused_source).
+    /// Default `None`: no cap, as in Bitcoin Core, whose eviction makes an
+    /// address with many connections evict its own.
+    pub max_inbound_per_ip: Option<usize>,
+    /// Inbound connections at once from one network group (an IPv4 /16,
+    /// an IPv6 /32; see [`netgroup`](crate::netgroup)); more are closed at
+    /// accept and counted like [`max_inbound_per_ip`](Config::max_inbound_per_ip).
+    /// Default `None`: no cap.
+    pub max_inbound_per_netgroup: Option<usize>,
     /// Outbound connections at once, pending ones included; a connect
     /// beyond fails with [`ConnectError::TooManyOutbound`](crate::ConnectError::TooManyOutbound)
     /// before any syscall. Default [`DEFAULT_MAX_OUTBOUND`] (125); a
@@ -176,6 +187,8 @@ impl Config {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_in_flight_total: DEFAULT_MAX_IN_FLIGHT_TOTAL,
             max_inbound: DEFAULT_MAX_INBOUND,
+            max_inbound_per_ip: None,
+            max_inbound_per_netgroup: None,
             max_outbound: DEFAULT_MAX_OUTBOUND,
             max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
             mode: Mode::Session,

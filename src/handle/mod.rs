@@ -105,6 +105,14 @@ pub struct ReactorStats {
     /// Inbound peers evicted to make room for a new inbound connection
     /// (each also reported as [`DisconnectReason::Evicted`](crate::DisconnectReason::Evicted)).
     pub inbound_evicted: u64,
+    /// Inbound connections closed at accept because their address is
+    /// banned ([`Handle::ban`]).
+    pub inbound_refused_banned: u64,
+    /// Inbound connections closed at accept because their address or
+    /// network group already held its share of slots
+    /// ([`Config::max_inbound_per_ip`](crate::Config::max_inbound_per_ip),
+    /// [`Config::max_inbound_per_netgroup`](crate::Config::max_inbound_per_netgroup)).
+    pub inbound_refused_source: u64,
     /// Inbound connections that could not be set up (registration with the
     /// poll failed, or the codec refused to start).
     pub inbound_failed: u64,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::{CodecFor, Factory, Protocol, Reactor};
 use crate::event::{DisconnectReason, Relayed};
-use crate::netgroup::{NetGroup, is_local};
+use crate::netgroup::is_local;
 use crate::types::PeerId;
 
 impl<F, P> Reactor<F, P>
@@ -42,7 +42,7 @@ where
     /// The standing of a new inbound link from `remote`.
     pub(super) fn standing(&self, remote: std::net::SocketAddr) -> Standing {
         Standing {
-            keyed_net_group: NetGroup::of_ip(remote.ip()).keyed(self.eviction_key),
+            keyed_net_group: self.admission.source(remote.ip()).group,
             is_local: is_local(remote.ip()),
             ..Standing::default()
         }

@@ -4,6 +4,7 @@
 //! read (decode), apply user commands (encode), write, each within per-peer
 //! budgets, fire due timers, then sleep in `poll` until the next deadline.
 
+mod admission;
 mod dial;
 mod eviction;
 mod link;
@@ -30,6 +31,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use self::admission::{Admission, Refusal};
 use self::dial::{Proxies, Resolver};
 use self::link::{Closed, End, Limits, Link, READ_CHUNK, State};
 use self::listener::Listeners;
@@ -95,7 +97,7 @@ where
         proxies: Proxies::new(&config, &mut rng),
         resolver: Resolver::new(Arc::clone(&shared)),
         resolving: IdMap::default(),
-        eviction_key: (rng.u64(), rng.u64()),
+        admission: Admission::new((rng.u64(), rng.u64()), config.max_inbound_per_ip, config.max_inbound_per_netgroup),
         poll,
         listeners,
         slots: IdMap::default(),
@@ -142,8 +144,8 @@ struct Reactor<F: Factory, P: Protocol> {
     resolver: Resolver,
     /// Outbound attempts waiting for a host-name lookup.
     resolving: IdMap<Lookup<Msg<P>>>,
-    /// The secret that keys network groups for eviction.
-    eviction_key: (u64, u64),
+    /// Inbound sources and caps, checked at accept.
+    admission: Admission,
 }
 
 impl<F, P> Reactor<F, P>
@@ -345,6 +347,16 @@ where
         // Each accept may produce an event; wait while the user is behind.
         while !self.env.out.paused() {
             let Some((stream, remote, full)) = self.listeners.accept(self.env.now, &self.shared.stats) else { return };
+            let source = self.admission.source(remote.ip());
+            if let Err(refusal) = self.admission.check(source) {
+                log::debug!("refusing {remote}: {refusal:?}");
+                let stats = &self.shared.stats;
+                Counters::bump(match refusal {
+                    Refusal::Banned => &stats.inbound_refused_banned,
+                    Refusal::PerIp | Refusal::PerGroup => &stats.inbound_refused_source,
+                });
+                continue;
+            }
             if full && !self.evict_for(remote) {
                 Counters::bump(&self.shared.stats.inbound_refused_full);
                 continue;
@@ -383,6 +395,7 @@ where
         match link {
             Ok(mut link) => {
                 link.standing = self.standing(remote);
+                self.admission.admitted(self.admission.source(remote.ip()));
                 self.listeners.inbound += 1;
                 self.insert(link, stream, true);
             }
@@ -569,6 +582,8 @@ where
         let Some(mut slot) = self.slots.remove(&id) else { return };
         let _ = self.poll.registry().deregister(&mut slot.stream);
         let (peer, direction) = (slot.link.id, slot.link.direction);
+        let source =
+            admission::Source { ip: slot.link.remote.ip().to_canonical(), group: slot.link.standing.keyed_net_group };
         // A retry goes back to the address reached, unless by proxy.
         let reached = slot.link.proxy().is_none().then_some(slot.link.remote);
         let target = slot.link.target();
@@ -586,6 +601,7 @@ where
                 self.shared.remove_gate(peer);
                 if direction == Direction::Inbound {
                     self.listeners.inbound = self.listeners.inbound.saturating_sub(1);
+                    self.admission.left(source);
                 }
             }
         }

@@ -248,6 +248,8 @@ pub(crate) struct Counters {
     pub(crate) inbound_accepted: AtomicU64,
     pub(crate) inbound_refused_full: AtomicU64,
     pub(crate) inbound_evicted: AtomicU64,
+    pub(crate) inbound_refused_banned: AtomicU64,
+    pub(crate) inbound_refused_source: AtomicU64,
     pub(crate) inbound_failed: AtomicU64,
     pub(crate) accept_backoffs: AtomicU64,
 }
@@ -262,6 +264,8 @@ impl Counters {
             inbound_accepted: self.inbound_accepted.load(Ordering::Relaxed),
             inbound_refused_full: self.inbound_refused_full.load(Ordering::Relaxed),
             inbound_evicted: self.inbound_evicted.load(Ordering::Relaxed),
+            inbound_refused_banned: self.inbound_refused_banned.load(Ordering::Relaxed),
+            inbound_refused_source: self.inbound_refused_source.load(Ordering::Relaxed),
             inbound_failed: self.inbound_failed.load(Ordering::Relaxed),
             accept_backoffs: self.accept_backoffs.load(Ordering::Relaxed),
         }

@@ -210,3 +210,29 @@ fn pending_connects_beyond_the_cap_fail_with_a_typed_error() {
     let error = connect_failure(&client, third);
     assert!(matches!(error, peerlink::ConnectError::TooManyPending { max: 2 }), "{error:?}");
 }
+
+/// Per-source caps: connections beyond an address's or a network group's
+/// share are closed at accept and counted; a slot given back is taken
+/// again. (Every connection here comes from 127.0.0.1, one address and one
+/// group; the unit tests count distinct ones.)
+#[test]
+fn per_ip_and_per_group_caps_close_the_excess_at_accept() {
+    for (per_ip, per_group, allowed) in [(Some(3), None, 3), (None, Some(2), 2)] {
+        let mut config = listener_config();
+        config.max_inbound_per_ip = per_ip;
+        config.max_inbound_per_netgroup = per_group;
+        let (server, addr) = listener_with(config);
+        let mut peers: Vec<_> = (0..allowed).map(|_| raw_peer(&server, addr)).collect();
+        let mut excess = TcpStream::connect(addr).unwrap();
+        excess.set_read_timeout(Some(WAIT)).unwrap();
+        assert!(read_to_close(&mut excess).is_empty(), "closed at accept");
+        let stats = server.reactor_stats();
+        assert_eq!((stats.inbound_accepted, stats.inbound_refused_source), (allowed as u64, 1), "{stats:?}");
+        // One leaves: its slot is free for the next.
+        let (gone, id) = peers.pop().unwrap();
+        drop(gone);
+        wait_for(&server, |e| matches!(e, Event::Disconnected { peer, .. } if peer == id).then_some(()));
+        let (_again, _) = raw_peer(&server, addr);
+        assert_eq!(server.reactor_stats().inbound_refused_source, 1);
+    }
+}
