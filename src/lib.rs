@@ -86,6 +86,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ban;
 pub mod broadcast;
 pub mod codec;
 pub mod config;
