@@ -718,6 +718,35 @@ impl fmt::Display for BanError {
 
 impl std::error::Error for BanError {}
 
+/// Why [`Handle::import_bans`](crate::Handle::import_bans) refused its
+/// input; nothing was added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The bytes are not a valid ban list.
+    Decode(BanListError),
+    /// The bans would not fit beside those already listed.
+    Full(BanError),
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImportError::Decode(_) => f.write_str("cannot import the ban list"),
+            ImportError::Full(_) => f.write_str("cannot import the ban list: no room"),
+        }
+    }
+}
+
+impl std::error::Error for ImportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ImportError::Decode(e) => Some(e),
+            ImportError::Full(e) => Some(e),
+        }
+    }
+}
+
 /// Why [`BanList::from_bytes`] refused its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

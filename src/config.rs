@@ -121,6 +121,15 @@ pub struct Config {
     /// accept and counted like [`max_inbound_per_ip`](Config::max_inbound_per_ip).
     /// Default `None`: no cap.
     pub max_inbound_per_netgroup: Option<usize>,
+    /// When set, a peer disconnected for provable misbehaviour
+    /// ([`Fault::Misbehaviour`](crate::Fault::Misbehaviour): bytes the
+    /// codec refused, a broken handshake) has its address banned for this
+    /// long, as with [`Handle::ban`](crate::Handle::ban) (counted in
+    /// [`ReactorStats::auto_bans`](crate::handle::ReactorStats::auto_bans)).
+    /// Default `None`: Bitcoin Core discourages such peers rather than
+    /// banning them, and a shared address (NAT, Tor exit) would ban
+    /// innocent peers too.
+    pub ban_misbehaving: Option<Duration>,
     /// Outbound connections at once, pending ones included; a connect
     /// beyond fails with [`ConnectError::TooManyOutbound`](crate::ConnectError::TooManyOutbound)
     /// before any syscall. Default [`DEFAULT_MAX_OUTBOUND`] (125); a
@@ -189,6 +198,7 @@ impl Config {
             max_inbound: DEFAULT_MAX_INBOUND,
             max_inbound_per_ip: None,
             max_inbound_per_netgroup: None,
+            ban_misbehaving: None,
             max_outbound: DEFAULT_MAX_OUTBOUND,
             max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
             mode: Mode::Session,

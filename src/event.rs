@@ -161,6 +161,12 @@ pub enum ConnectError {
     /// itself, which names the proxy.
     #[cfg(feature = "socks")]
     Proxy(crate::socks5::ProxyError),
+    /// The address is banned ([`Handle::ban`](crate::Handle::ban)). Nothing
+    /// was sent anywhere. For a name, every address it resolved to is.
+    Banned {
+        /// The banned address.
+        addr: std::net::IpAddr,
+    },
     /// [`Config::max_outbound`](crate::Config::max_outbound) outbound
     /// connections are open or pending. Nothing was sent anywhere.
     TooManyOutbound {
@@ -185,6 +191,7 @@ impl fmt::Display for ConnectError {
             ConnectError::OnionNeedsProxy => f.write_str("an onion target needs a proxy, and none is configured"),
             ConnectError::Resolve { name, .. } => write!(f, "cannot resolve {name}"),
             ConnectError::NoAddress { name } => write!(f, "{name} resolved to no address"),
+            ConnectError::Banned { addr } => write!(f, "{addr} is banned"),
             ConnectError::TooManyOutbound { max } => write!(f, "{max} outbound connections already (the maximum)"),
             ConnectError::TooManyPending { max } => write!(f, "{max} connects already pending (the maximum)"),
             #[cfg(feature = "socks")]
@@ -247,6 +254,8 @@ pub enum DisconnectReason<S: Stack = Bitcoin> {
     /// [`Config::max_inbound`](crate::Config::max_inbound)) and closed to
     /// make room.
     Evicted,
+    /// Its address was banned ([`Handle::ban`](crate::Handle::ban)).
+    Banned,
 }
 
 /// What a peer sent that the user found new and valid, reported with
@@ -294,7 +303,8 @@ impl<S: Stack> DisconnectReason<S> {
             | DisconnectReason::Flushed
             | DisconnectReason::PeerClosed
             | DisconnectReason::Io(_)
-            | DisconnectReason::Evicted => Fault::Neither,
+            | DisconnectReason::Evicted
+            | DisconnectReason::Banned => Fault::Neither,
         }
     }
 
@@ -322,6 +332,7 @@ impl<S: Stack> fmt::Debug for DisconnectReason<S> {
                 f.debug_struct("FrameTimeout").field("received", received).field("timeout", timeout).finish()
             }
             DisconnectReason::Evicted => f.write_str("Evicted"),
+            DisconnectReason::Banned => f.write_str("Banned"),
         }
     }
 }
@@ -345,6 +356,7 @@ impl<S: Stack> fmt::Display for DisconnectReason<S> {
                 write!(f, "frame incomplete after {} s ({received} bytes received)", timeout.as_secs_f64())
             }
             DisconnectReason::Evicted => f.write_str("evicted to make room for a new inbound connection"),
+            DisconnectReason::Banned => f.write_str("its address was banned"),
         }
     }
 }

@@ -119,6 +119,9 @@ pub struct ReactorStats {
     /// Times a listener backed off after `accept` failed (for example out
     /// of file descriptors).
     pub accept_backoffs: u64,
+    /// Peers banned automatically for misbehaviour
+    /// ([`Config::ban_misbehaving`](crate::Config::ban_misbehaving)).
+    pub auto_bans: u64,
 }
 
 struct Inner<C> {
@@ -443,6 +446,83 @@ impl<S: Stack> Handle<S> {
     /// Ends the connection to `peer`; [`Event::Disconnected`] follows.
     pub fn disconnect(&self, peer: PeerId, mode: Disconnect) -> Result<(), ReactorGone> {
         self.command(Cmd::Disconnect { peer, mode })
+    }
+
+    /// Bans `subnet` (a single address converts into one) for `duration`:
+    /// inbound connections from it are closed at accept, connects to it
+    /// fail with [`ConnectError::Banned`](crate::ConnectError::Banned)
+    /// before any syscall, and connected peers in it are closed with
+    /// [`DisconnectReason::Banned`](crate::DisconnectReason::Banned). A
+    /// subnet banned again keeps the later expiry. Fails only when the list
+    /// holds [`ban::MAX_BANS`](crate::ban::MAX_BANS) subnets.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use peerlink::ban::Subnet;
+    ///
+    /// let handle = peerlink::start(peerlink::Config::new(bitcoin::Network::Regtest)).unwrap();
+    /// let subnet: Subnet = "203.0.113.0/24".parse().unwrap();
+    /// handle.ban(subnet, Duration::from_secs(24 * 3600)).unwrap();
+    /// assert_eq!(handle.banned()[0].subnet, subnet);
+    /// // Persist it, and load it again after a restart.
+    /// let bytes = handle.export_bans();
+    /// assert!(handle.unban(&subnet));
+    /// assert_eq!(handle.import_bans(&bytes).unwrap(), 1);
+    /// assert_eq!(handle.banned().len(), 1);
+    /// ```
+    pub fn ban(&self, subnet: impl Into<crate::ban::Subnet>, duration: Duration) -> Result<(), crate::ban::BanError> {
+        let subnet = subnet.into();
+        let now = crate::reactor::shared::unix_now();
+        self.bans().ban(subnet, now, now.saturating_add(duration.as_secs()))?;
+        // Connected peers in the subnet go at once; a reactor that stopped
+        // has none.
+        let _ = self.command(Cmd::Banned { subnet });
+        Ok(())
+    }
+
+    /// Lifts the ban on exactly `subnet`; true if there was one.
+    pub fn unban(&self, subnet: &crate::ban::Subnet) -> bool {
+        self.bans().unban(subnet)
+    }
+
+    /// The bans in force, sorted by subnet (expired ones are dropped).
+    pub fn banned(&self) -> Vec<crate::ban::Ban> {
+        let now = crate::reactor::shared::unix_now();
+        let mut bans = self.bans();
+        bans.sweep(now);
+        bans.list(now)
+    }
+
+    /// The ban list as bytes ([`BanList::to_bytes`](crate::ban::BanList::to_bytes)),
+    /// for a node to persist.
+    pub fn export_bans(&self) -> Vec<u8> {
+        self.bans().to_bytes()
+    }
+
+    /// Adds the bans in `bytes` (from [`export_bans`](Handle::export_bans))
+    /// to the list, the later expiry winning for a subnet in both, and
+    /// returns how many are in force now. Corrupt bytes are refused whole
+    /// with a typed error, and nothing is added.
+    pub fn import_bans(&self, bytes: &[u8]) -> Result<usize, crate::ban::ImportError> {
+        let imported = crate::ban::BanList::from_bytes(bytes).map_err(crate::ban::ImportError::Decode)?;
+        let now = crate::reactor::shared::unix_now();
+        let live = imported.list(now);
+        let mut bans = self.bans();
+        // On a copy, so that a list that would overflow adds nothing.
+        let mut merged = bans.clone();
+        for ban in &live {
+            merged.ban(ban.subnet, ban.created, ban.until).map_err(crate::ban::ImportError::Full)?;
+        }
+        *bans = merged;
+        drop(bans);
+        for ban in &live {
+            let _ = self.command(Cmd::Banned { subnet: ban.subnet });
+        }
+        Ok(live.len())
+    }
+
+    fn bans(&self) -> std::sync::MutexGuard<'_, crate::ban::BanList> {
+        self.inner.shared.bans.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Exempts an inbound `peer` from eviction (`true`), as Bitcoin Core

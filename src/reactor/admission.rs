@@ -6,7 +6,46 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use super::{CodecFor, Factory, Protocol, Reactor};
+use crate::ban::Subnet;
+use crate::event::DisconnectReason;
 use crate::netgroup::NetGroup;
+
+impl<F, P> Reactor<F, P>
+where
+    F: Factory,
+    F::Codec: CodecFor<P>,
+    P: Protocol,
+{
+    /// Closes every peer whose address is in the newly banned `subnet`.
+    pub(super) fn close_banned(&mut self, subnet: Subnet) {
+        let ids: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.link.peer_ip().is_some_and(|ip| subnet.contains(&ip)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.close(id, DisconnectReason::Banned.into());
+        }
+    }
+
+    /// With [`Config::ban_misbehaving`](crate::Config::ban_misbehaving)
+    /// set, `peer`, just closed for provable misbehaviour, has its address
+    /// `ip` banned.
+    pub(super) fn ban_misbehaved(&mut self, peer: crate::PeerId, ip: Option<IpAddr>) {
+        let (Some(duration), Some(ip)) = (self.ban_misbehaving, ip) else { return };
+        let now = super::shared::unix_now();
+        let mut bans = self.shared.bans.lock().unwrap_or_else(|e| e.into_inner());
+        match bans.ban(Subnet::host(ip), now, now.saturating_add(duration.as_secs())) {
+            Ok(()) => {
+                log::info!("peer {peer} misbehaved: {ip} banned for {} s", duration.as_secs());
+                super::shared::Counters::bump(&self.shared.stats.auto_bans);
+            }
+            Err(e) => log::warn!("peer {peer} misbehaved, but {ip} cannot be banned: {e}"),
+        }
+    }
+}
 
 /// Why an inbound connection was closed at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +147,7 @@ mod tests {
         a.admitted(y);
         assert_eq!(a.check(z), Err(Refusal::PerGroup), "the /16 holds 3");
         a.left(x);
-        assert_eq!(a.check(x), Err(Refusal::PerGroup));
+        assert_eq!(a.check(x), Ok(()), "a slot of the group came back");
         a.left(y);
         assert_eq!(a.check(z), Ok(()));
         a.left(x);

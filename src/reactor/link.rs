@@ -1111,6 +1111,18 @@ where
         self.out.as_ref().map_or(Target::Socket(self.remote), |out| out.target.clone())
     }
 
+    /// The peer's own address: the TCP peer's, or through a proxy the
+    /// target's if it is an address (`None` for names and onions).
+    pub(crate) fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        match self.out.as_deref() {
+            Some(out) if out.proxy.is_some() => match &out.target {
+                Target::Socket(addr) => Some(addr.ip()),
+                _ => None,
+            },
+            _ => Some(self.remote.ip()),
+        }
+    }
+
     /// The proxy this connection goes through.
     pub(crate) fn proxy(&self) -> Option<SocketAddr> {
         self.out.as_ref()?.proxy

@@ -97,6 +97,7 @@ where
         proxies: Proxies::new(&config, &mut rng),
         resolver: Resolver::new(Arc::clone(&shared)),
         resolving: IdMap::default(),
+        ban_misbehaving: config.ban_misbehaving,
         admission: Admission::new((rng.u64(), rng.u64()), config.max_inbound_per_ip, config.max_inbound_per_netgroup),
         poll,
         listeners,
@@ -146,6 +147,8 @@ struct Reactor<F: Factory, P: Protocol> {
     resolving: IdMap<Lookup<Msg<P>>>,
     /// Inbound sources and caps, checked at accept.
     admission: Admission,
+    /// Ban peers closed for misbehaviour for this long.
+    ban_misbehaving: Option<std::time::Duration>,
 }
 
 impl<F, P> Reactor<F, P>
@@ -348,7 +351,9 @@ where
         while !self.env.out.paused() {
             let Some((stream, remote, full)) = self.listeners.accept(self.env.now, &self.shared.stats) else { return };
             let source = self.admission.source(remote.ip());
-            if let Err(refusal) = self.admission.check(source) {
+            let checked =
+                if self.shared.is_banned(source.ip) { Err(Refusal::Banned) } else { self.admission.check(source) };
+            if let Err(refusal) = checked {
                 log::debug!("refusing {remote}: {refusal:?}");
                 let stats = &self.shared.stats;
                 Counters::bump(match refusal {
@@ -437,6 +442,7 @@ where
                 Ok(Cmd::Disconnect { peer, mode }) => self.disconnect(peer, mode),
                 Ok(Cmd::Protect { peer, protected }) => self.protect(peer, protected),
                 Ok(Cmd::Relayed { peer, what }) => self.relayed(peer, what),
+                Ok(Cmd::Banned { subnet }) => self.close_banned(subnet),
                 Ok(Cmd::Query(query)) => self.answer(query),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
@@ -584,6 +590,10 @@ where
         let (peer, direction) = (slot.link.id, slot.link.direction);
         let source =
             admission::Source { ip: slot.link.remote.ip().to_canonical(), group: slot.link.standing.keyed_net_group };
+        // Misbehaviour may cost the address a ban, once the attempt is over
+        // (not on a v1 retry).
+        let misbehaved = matches!(&end, End::Reason(r) if r.fault() == crate::event::Fault::Misbehaviour);
+        let peer_ip = slot.link.peer_ip();
         // A retry goes back to the address reached, unless by proxy.
         let reached = slot.link.proxy().is_none().then_some(slot.link.remote);
         let target = slot.link.target();
@@ -598,6 +608,9 @@ where
                 self.connect(Attempt { peer, gate, held, after_flush }, addr, dial, None);
             }
             Closed::Reported => {
+                if misbehaved {
+                    self.ban_misbehaved(peer, peer_ip);
+                }
                 self.shared.remove_gate(peer);
                 if direction == Direction::Inbound {
                     self.listeners.inbound = self.listeners.inbound.saturating_sub(1);

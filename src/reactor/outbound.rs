@@ -57,6 +57,12 @@ where
         deadline: Instant,
         codec: Option<F::Codec>,
     ) {
+        if let Target::Socket(addr) = &target
+            && self.shared.is_banned(addr.ip())
+        {
+            let error = ConnectError::Banned { addr: addr.ip() };
+            return self.fail_connect(attempt, target, error);
+        }
         match self.proxies.route(&target, resolved) {
             Ok(Route::Connect { addr, tunnel }) => {
                 let dial = Dial { target, deadline, rest: Vec::new(), tunnel };
@@ -102,7 +108,14 @@ where
     ) {
         let peer = attempt.peer;
         let stream = loop {
-            let registered = TcpStream::connect(addr).and_then(|mut stream| {
+            // A resolved address may be banned: skip it without a syscall.
+            let banned = dial.tunnel.is_none() && self.shared.is_banned(addr.ip());
+            let registered = if banned {
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, "address banned"))
+            } else {
+                TcpStream::connect(addr)
+            };
+            let registered = registered.and_then(|mut stream| {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 self.poll.registry().register(&mut stream, Token(peer.0 as usize), interest).map(|()| stream)
             });
@@ -114,6 +127,10 @@ where
                 Some(next) => {
                     log::debug!("peer {peer}: connect to {addr} ({}) failed: {e}; trying {next}", dial.target);
                     addr = next;
+                }
+                None if banned => {
+                    let error = ConnectError::Banned { addr: addr.ip() };
+                    return self.fail_connect(attempt, dial.target, error);
                 }
                 None => {
                     let error = dial.io_error(e);

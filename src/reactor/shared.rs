@@ -32,6 +32,10 @@ pub(crate) enum Cmd<M, I> {
         peer: PeerId,
         protected: bool,
     },
+    /// A subnet was banned: close the peers in it.
+    Banned {
+        subnet: crate::ban::Subnet,
+    },
     /// The user found what the peer sent useful (eviction protects it).
     Relayed {
         peer: PeerId,
@@ -240,6 +244,9 @@ pub(crate) struct Shared {
     pub(crate) async_wakers: Mutex<Vec<std::task::Waker>>,
     /// Reactor-wide counters.
     pub(crate) stats: Counters,
+    /// Banned addresses: the handles edit it, the reactor checks it at
+    /// accept and connect.
+    pub(crate) bans: Mutex<crate::ban::BanList>,
 }
 
 /// Reactor-wide counters, written by the reactor thread only.
@@ -252,6 +259,7 @@ pub(crate) struct Counters {
     pub(crate) inbound_refused_source: AtomicU64,
     pub(crate) inbound_failed: AtomicU64,
     pub(crate) accept_backoffs: AtomicU64,
+    pub(crate) auto_bans: AtomicU64,
 }
 
 impl Counters {
@@ -268,11 +276,22 @@ impl Counters {
             inbound_refused_source: self.inbound_refused_source.load(Ordering::Relaxed),
             inbound_failed: self.inbound_failed.load(Ordering::Relaxed),
             accept_backoffs: self.accept_backoffs.load(Ordering::Relaxed),
+            auto_bans: self.auto_bans.load(Ordering::Relaxed),
         }
     }
 }
 
+/// Now as unix seconds, the ban list's clock.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 impl Shared {
+    /// Whether `ip` is banned now.
+    pub(crate) fn is_banned(&self, ip: std::net::IpAddr) -> bool {
+        self.bans.lock().unwrap_or_else(|e| e.into_inner()).is_banned(&ip, unix_now())
+    }
+
     pub(crate) fn new(waker: mio::Waker, start_height: i32, max_in_flight: usize, max_total: usize) -> Shared {
         Shared {
             waker,
@@ -287,6 +306,7 @@ impl Shared {
             async_waiting: AtomicBool::new(false),
             async_wakers: Default::default(),
             stats: Counters::default(),
+            bans: Mutex::new(crate::ban::BanList::new()),
         }
     }
 

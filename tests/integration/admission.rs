@@ -236,3 +236,106 @@ fn per_ip_and_per_group_caps_close_the_excess_at_accept() {
         assert_eq!(server.reactor_stats().inbound_refused_source, 1);
     }
 }
+
+/// A ban closes the peers in the subnet, closes new connections from it at
+/// accept, and makes connects to it fail before any syscall; lifting it
+/// lets them in again.
+#[test]
+fn bans_close_refuse_and_fail_connects_until_lifted() {
+    use peerlink::ban::Subnet;
+    let (server, addr) = listener();
+    let (mut raw, id) = raw_peer(&server, addr);
+    let loopback: Subnet = "127.0.0.0/8".parse().unwrap();
+    server.ban(loopback, Duration::from_secs(3600)).unwrap();
+    let reason = wait_for(&server, |e| match e {
+        Event::Disconnected { peer, reason } if peer == id => Some(reason),
+        _ => None,
+    });
+    assert!(matches!(reason, DisconnectReason::Banned), "{reason}");
+    assert_eq!(reason.fault(), peerlink::Fault::Neither);
+    assert!(read_to_close(&mut raw).is_empty());
+    let mut refused = TcpStream::connect(addr).unwrap();
+    refused.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(read_to_close(&mut refused).is_empty(), "closed at accept");
+    assert_eq!(server.reactor_stats().inbound_refused_banned, 1);
+
+    // Outbound: a second reactor, its own ban list.
+    let client = client();
+    client.ban(Subnet::host(addr.ip()), Duration::from_secs(3600)).unwrap();
+    let banned = client.connect(addr).unwrap();
+    let error = connect_failure(&client, banned);
+    assert!(matches!(error, peerlink::ConnectError::Banned { addr: a } if a == addr.ip()), "{error:?}");
+    assert_eq!(error.to_string(), "127.0.0.1 is banned");
+    assert!(client.unban(&Subnet::host(addr.ip())));
+    assert!(server.unban(&loopback));
+    assert!(server.banned().is_empty() && client.banned().is_empty());
+    let ok = client.connect(addr).unwrap();
+    wait_for(&client, |e| matches!(e, Event::Connected { peer, .. } if peer == ok).then_some(()));
+    connected(&server);
+    // Two accepted in all (the first peer and this one): the banned
+    // connect never reached the server.
+    assert_eq!(server.reactor_stats().inbound_accepted, 2);
+}
+
+/// The list persists as bytes: exported, imported into another reactor,
+/// and corrupt bytes refused whole.
+#[test]
+fn ban_lists_round_trip_through_bytes_and_corrupt_ones_are_refused() {
+    use peerlink::ban::{ImportError, Subnet};
+    let a = client();
+    let b = client();
+    let subnets: [Subnet; 2] = ["203.0.113.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+    for s in subnets {
+        a.ban(s, Duration::from_secs(3600)).unwrap();
+    }
+    let bytes = a.export_bans();
+    assert_eq!(b.import_bans(&bytes).unwrap(), 2);
+    assert_eq!(a.banned(), b.banned());
+    let mut corrupt = bytes.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let fresh = client();
+    let error = fresh.import_bans(&corrupt).unwrap_err();
+    assert!(matches!(error, ImportError::Decode(_)), "{error:?}");
+    assert!(fresh.import_bans(&bytes[..bytes.len() - 3]).is_err());
+    assert!(fresh.banned().is_empty(), "nothing was added");
+    let report = peerlink::error::Report(&error).to_string();
+    assert!(report.starts_with("cannot import the ban list: "), "{report}");
+}
+
+/// `ban_misbehaving`: a peer that sends invalid bytes is banned; one that
+/// only times out is not.
+#[test]
+fn misbehaving_peers_are_banned_when_configured_and_slow_ones_are_not() {
+    let mut config = listener_config();
+    config.ban_misbehaving = Some(Duration::from_secs(3600));
+    config.frame_timeout = Duration::from_millis(300);
+    let (server, addr) = listener_with(config);
+    // A frame cut short: a timeout, no ban.
+    let (mut slow, slow_id) = raw_peer(&server, addr);
+    write_all(&mut slow, &encode(NET, &NetworkMessage::Ping(1))[..20]);
+    let reason = wait_for(&server, |e| match e {
+        Event::Disconnected { peer, reason } if peer == slow_id => Some(reason),
+        _ => None,
+    });
+    assert_eq!(reason.fault(), peerlink::Fault::Timeout, "{reason}");
+    assert!(server.banned().is_empty());
+    // A bad checksum: provably invalid, banned.
+    let (mut bad, bad_id) = raw_peer(&server, addr);
+    let mut frame = encode(NET, &NetworkMessage::Ping(2));
+    frame[20] ^= 0xff;
+    write_all(&mut bad, &frame);
+    let reason = wait_for(&server, |e| match e {
+        Event::Disconnected { peer, reason } if peer == bad_id => Some(reason),
+        _ => None,
+    });
+    assert_eq!(reason.fault(), peerlink::Fault::Misbehaviour, "{reason}");
+    let banned = server.banned();
+    assert_eq!(banned.len(), 1);
+    assert_eq!(banned[0].subnet, peerlink::ban::Subnet::host(addr.ip()));
+    assert_eq!(server.reactor_stats().auto_bans, 1);
+    let mut refused = TcpStream::connect(addr).unwrap();
+    refused.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(read_to_close(&mut refused).is_empty(), "closed at accept");
+    assert_eq!(server.reactor_stats().inbound_refused_banned, 1);
+}
