@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::net::TcpStream;
+use std::time::Duration;
 
 use bitcoin::p2p::message::NetworkMessage;
 use peerlink::{ConnectError, Direction, Disconnect, DisconnectReason, Event, Refusal, SendError};
@@ -506,4 +507,47 @@ fn the_reactor_wide_in_flight_cap_refuses_then_reopens_every_peer() {
     }
     println!("{refused} sends refused by the reactor-wide cap of 8");
     assert!(next.iter().all(|n| *n == PER_PEER));
+}
+
+/// Dropping the last handle with 1,000 active peers joins the reactor and
+/// closes every socket within a second.
+#[test]
+fn dropping_the_last_handle_with_a_thousand_peers_closes_them_all_within_a_second() {
+    let mut config = listener_config();
+    config.max_inbound = 1000;
+    let (server, addr) = listener_with(config);
+    let mut peers: Vec<TcpStream> = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        peers.push(TcpStream::connect(addr).unwrap());
+    }
+    // Every one admitted, and active: each has a ping delivered.
+    for p in &mut peers {
+        write_all(p, &encode(NET, &NetworkMessage::Ping(5)));
+    }
+    let mut pings = 0;
+    while pings < 1000 {
+        if let Event::Message { message: NetworkMessage::Ping(5), .. } = next_event(&server) {
+            pings += 1;
+        }
+    }
+    let started = std::time::Instant::now();
+    drop(server);
+    let joined = started.elapsed();
+    // Every socket is closed: each peer reads end-of-stream (or a reset).
+    for p in &mut peers {
+        p.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut byte = [0u8; 1];
+        match p.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("socket still open: {other:?}"),
+        }
+    }
+    let closed = started.elapsed();
+    println!(
+        "drop joined the reactor in {} ms; all 1,000 sockets closed after {} ms",
+        joined.as_millis(),
+        closed.as_millis()
+    );
+    assert!(closed < Duration::from_secs(1), "{closed:?}");
 }
