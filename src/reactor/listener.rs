@@ -15,6 +15,25 @@ use crate::error::StartError;
 /// ENFILE above all): the connection stays in the backlog, and retrying at
 /// once would spin on a readiness that cannot be cleared.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The listen backlog, as Bitcoin Core's `SOMAXCONN` (the kernel caps it
+/// at `net.core.somaxconn`, 4096 on current Linux). std and mio use 128: a
+/// burst of connects beyond what the accept queue holds has its SYNs
+/// dropped, and each dropped connect waits a second for its retransmit.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A nonblocking listener on `addr` with [`LISTEN_BACKLOG`] (socket2: std
+/// and mio fix the backlog at 128).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As mio and std do: rebinding right after a restart works.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
 /// Connections accepted per listener per round.
 const ACCEPT_BUDGET: usize = 256;
 
@@ -51,7 +70,7 @@ impl Listeners {
         let mut local = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let bind = |source| StartError::Bind { addr: *addr, source };
-            let mut socket = TcpListener::bind(*addr).map_err(bind)?;
+            let mut socket = listen(*addr).map_err(bind)?;
             local.push(socket.local_addr().map_err(bind)?);
             registry.register(&mut socket, token(i), Interest::READABLE).map_err(StartError::Poll)?;
             list.push(Listener { socket, pending: true, backoff_until: None, budget: ACCEPT_BUDGET });
