@@ -14,6 +14,7 @@ mod examples;
 mod filter_server;
 mod generic_codec;
 mod hostile;
+mod memory;
 #[cfg(feature = "socks")]
 mod proxy;
 mod reactor;
