@@ -48,6 +48,8 @@ const POOL_BUFFERS: usize = 8;
 /// Most bytes asked of one read into a peer's own buffer (Bitcoin Core reads
 /// 64 KiB per socket per round).
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
+/// The smallest read into a link's own buffer (see [`Link::read_with`]).
+pub(crate) const MIN_READ: usize = 4 * 1024;
 
 /// Where events go. The reactor's outbox batches them for the user; tests
 /// collect them in a `Vec`.
@@ -766,7 +768,10 @@ where
         // incomplete: with decoding paused, complete frames may be waiting,
         // and a read sized by one of them would be a byte at a time.
         let frame_len = self.rx_frame_len.filter(|f| *f > self.rx.len());
-        let want = frame_len.map_or(READ_CHUNK, |f| f - self.rx.len()).min(READ_CHUNK);
+        // At most as much again as is buffered (and at least MIN_READ): a
+        // peer that claims a large frame and trickles it gets a buffer that
+        // follows what it sent, not its claim or our read size.
+        let want = frame_len.map_or(READ_CHUNK, |f| f - self.rx.len()).min(READ_CHUNK).min(self.rx.len().max(MIN_READ));
         pool.fill_rx(&mut self.rx);
         let result = read(self.rx.spare(want, frame_len));
         let n = *result.as_ref().unwrap_or(&0);
