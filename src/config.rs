@@ -38,6 +38,10 @@ pub const DEFAULT_MAX_OUTBOUND: usize = 125;
 /// proxy handshake or host-name lookup under way).
 pub const DEFAULT_MAX_PENDING_CONNECTS: usize = 128;
 
+/// Default cap on the wire bytes of the messages waiting in the event
+/// queue: 64 MiB (sixteen 4 MB blocks).
+pub const DEFAULT_EVENT_BYTES_LIMIT: usize = 64 << 20;
+
 /// Default per-peer cap on messages on their way to the reactor.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
@@ -102,6 +106,14 @@ pub struct Config {
     /// reading sockets (TCP then slows the peers) until the user catches up.
     /// Default 4096.
     pub event_capacity: usize,
+    /// Wire bytes of the received messages waiting for the user in the
+    /// event queue, all peers together. Over it the reactor stops reading
+    /// sockets, as when the queue holds [`event_capacity`](Config::event_capacity)
+    /// events, until the user takes some; so the queue holds at most this
+    /// much plus one message and one batch (decoded messages take roughly
+    /// one to three times their wire size in memory). Default
+    /// [`DEFAULT_EVENT_BYTES_LIMIT`] (64 MiB).
+    pub event_bytes_limit: usize,
     /// Bytes read and written per peer per round. Default 256 KiB.
     pub io_budget: usize,
     /// Inbound connections kept at once. When all are taken, a new one
@@ -192,6 +204,7 @@ impl Config {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            event_bytes_limit: DEFAULT_EVENT_BYTES_LIMIT,
             io_budget: DEFAULT_IO_BUDGET,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_in_flight_total: DEFAULT_MAX_IN_FLIGHT_TOTAL,

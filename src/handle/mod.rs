@@ -297,6 +297,11 @@ impl<S: Stack> Handle<S> {
 
     /// Keeps a received batch and returns its first event.
     fn take_batch(&self, batch: Vec<Event<S>>) -> Option<Event<S>> {
+        let bytes: usize =
+            batch.iter().map(|e| if let Event::Message { wire_size, .. } = e { *wire_size } else { 0 }).sum();
+        if bytes > 0 {
+            self.inner.shared.event_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        }
         self.consumed();
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
         if local.is_empty() {

@@ -91,7 +91,7 @@ where
     // Capacity in events, as configured: batches of up to EVENT_BATCH events.
     let batch_max = config.event_capacity.clamp(1, EVENT_BATCH);
     let (ev_tx, ev_rx) = crossbeam_channel::bounded((config.event_capacity / batch_max).max(1));
-    let out = Outbox::new(ev_tx, batch_max, Arc::clone(&shared));
+    let out = Outbox::new(ev_tx, batch_max, config.event_bytes_limit, Arc::clone(&shared));
     let mut rng = crate::rng::Rng::from_os();
     let reactor = Reactor {
         proxies: Proxies::new(&config, &mut rng),
@@ -229,7 +229,7 @@ where
         while started.elapsed() < SPIN {
             let out = &self.env.out;
             // Commands, or room again in the event channel, are work too.
-            let room = out.paused() && !out.tx.is_full();
+            let room = out.paused() && out.has_room();
             let hit = if self.cmd_rx.is_empty() && !room {
                 matches!(self.poll.poll(events, Some(Duration::ZERO)), Ok(()) if !events.is_empty())
             } else {
@@ -264,8 +264,11 @@ where
         self.shared.sleeping.store(true, Ordering::SeqCst);
         // Re-check after announcing sleep: a command sent before the flag
         // was visible would otherwise wait for the timeout.
-        if !self.cmd_rx.is_empty() || self.shared.shutdown.load(Ordering::SeqCst) || (out.paused() && !out.tx.is_full())
-        {
+        if out.paused() {
+            // The user's next take wakes us (it may have been before this).
+            self.shared.events_blocked.store(true, Ordering::SeqCst);
+        }
+        if !self.cmd_rx.is_empty() || self.shared.shutdown.load(Ordering::SeqCst) || (out.paused() && out.has_room()) {
             return Some(Duration::ZERO);
         }
         let link = self.timers.peek().map(|Reverse((at, _))| *at);

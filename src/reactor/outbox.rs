@@ -21,24 +21,46 @@ use crate::stack::Stack;
 /// connection accepted until the user catches up, so `overflow` holds at most
 /// one decoded message beyond a full batch, plus events caused by user
 /// commands (bounded by the in-flight cap) and timers.
+///
+/// The messages' wire bytes are counted too (`Shared::event_bytes`, less
+/// what the user took): over [`Config::event_bytes_limit`](crate::Config::event_bytes_limit)
+/// the reactor pauses the same way, so that large messages cannot fill the
+/// queue's event capacity with gigabytes.
 pub(super) struct Outbox<S: Stack> {
     pub(super) tx: Sender<Vec<Event<S>>>,
     pub(super) batch: Vec<Event<S>>,
     pub(super) batch_max: usize,
+    /// Wire bytes of the messages in `batch`.
+    batch_bytes: usize,
+    bytes_limit: usize,
     pub(super) overflow: VecDeque<Vec<Event<S>>>,
     pub(super) shared: Arc<Shared>,
 }
 
 impl<S: Stack> Outbox<S> {
-    pub(super) fn new(tx: Sender<Vec<Event<S>>>, batch_max: usize, shared: Arc<Shared>) -> Self {
-        Outbox { tx, batch: Vec::new(), batch_max, overflow: VecDeque::new(), shared }
+    pub(super) fn new(tx: Sender<Vec<Event<S>>>, batch_max: usize, bytes_limit: usize, shared: Arc<Shared>) -> Self {
+        Outbox { tx, batch: Vec::new(), batch_max, batch_bytes: 0, bytes_limit, overflow: VecDeque::new(), shared }
     }
 
+    /// Whether the reactor must wait for the user: batches wait for room
+    /// in the channel, or the queued messages hold more bytes than allowed.
     pub(super) fn paused(&self) -> bool {
-        !self.overflow.is_empty()
+        !self.overflow.is_empty() || self.over_bytes()
+    }
+
+    /// Paused, and the user made room since (the reactor can go on).
+    pub(super) fn has_room(&self) -> bool {
+        (self.overflow.is_empty() || !self.tx.is_full()) && !self.over_bytes()
+    }
+
+    fn over_bytes(&self) -> bool {
+        self.shared.event_bytes.load(Ordering::SeqCst) + self.batch_bytes > self.bytes_limit
     }
 
     pub(super) fn emit(&mut self, event: Event<S>) {
+        if let Event::Message { wire_size, .. } = &event {
+            self.batch_bytes += wire_size;
+        }
         self.batch.push(event);
         if self.batch.len() >= self.batch_max {
             self.send_batch();
@@ -51,6 +73,7 @@ impl<S: Stack> Outbox<S> {
             return;
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_max.min(64)));
+        self.shared.event_bytes.fetch_add(std::mem::take(&mut self.batch_bytes), Ordering::SeqCst);
         self.overflow.push_back(batch);
         self.flush();
         if !self.overflow.is_empty() {

@@ -244,6 +244,9 @@ pub(crate) struct Shared {
     pub(crate) async_wakers: Mutex<Vec<std::task::Waker>>,
     /// Reactor-wide counters.
     pub(crate) stats: Counters,
+    /// Wire bytes of the messages handed to the event channel and not yet
+    /// taken by a handle.
+    pub(crate) event_bytes: AtomicUsize,
     /// Banned addresses: the handles edit it, the reactor checks it at
     /// accept and connect.
     pub(crate) bans: Mutex<crate::ban::BanList>,
@@ -307,6 +310,7 @@ impl Shared {
             async_wakers: Default::default(),
             stats: Counters::default(),
             bans: Mutex::new(crate::ban::BanList::new()),
+            event_bytes: AtomicUsize::new(0),
         }
     }
 

@@ -253,3 +253,46 @@ fn trickled_huge_frames_cost_what_arrived_and_the_timeouts_cut_them() {
     assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(10), "{took:?}");
     assert!(server.peers().unwrap().is_empty());
 }
+
+/// The event queue is bounded in bytes: with the user not receiving,
+/// the reactor stops decoding (and reading) once the queued messages hold
+/// `event_bytes_limit`, and every message still arrives, in order, once
+/// the user takes them.
+#[test]
+fn the_event_queue_holds_at_most_its_byte_limit_of_messages() {
+    let mut config = listener_config();
+    config.event_bytes_limit = 3_000_000;
+    let (server, addr) = listener_with(config);
+    let client = client();
+    let c = client.connect(addr).unwrap();
+    assert_eq!(connected(&client), c);
+    let s = connected(&server);
+    let txs: Vec<_> = (0..10)
+        .map(|i| {
+            let mut tx = big_tx(1_000_000);
+            tx.lock_time = bitcoin::absolute::LockTime::from_consensus(i);
+            tx
+        })
+        .collect();
+    for tx in &txs {
+        client.send(c, NetworkMessage::Tx(tx.clone())).unwrap();
+    }
+    // Watch the server decode without receiving its events: 3 MB of
+    // queued messages plus the one that crossed the limit, at most.
+    let (mut most, deadline) = (0, Instant::now() + Duration::from_secs(2));
+    while Instant::now() < deadline {
+        let decoded = server.peer_stats(s).unwrap().unwrap().msgs_in;
+        most = most.max(decoded);
+        assert!(decoded <= 4, "{decoded} messages decoded with 3 MB allowed in the queue");
+    }
+    assert!(most >= 3, "the queue filled to its limit ({most} decoded)");
+    for (i, tx) in txs.iter().enumerate() {
+        match message(&server) {
+            (peer, NetworkMessage::Tx(got)) => {
+                assert_eq!(peer, s);
+                assert_eq!(&got, tx, "tx {i} in order");
+            }
+            (_, other) => panic!("{other:?}"),
+        }
+    }
+}
