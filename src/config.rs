@@ -114,6 +114,14 @@ pub struct Config {
     /// one to three times their wire size in memory). Default
     /// [`DEFAULT_EVENT_BYTES_LIMIT`] (64 MiB).
     pub event_bytes_limit: usize,
+    /// Bytes for all peers' receive and send buffers together. Over it,
+    /// reading pauses for the peers whose buffers are above an even share
+    /// of it (the largest first), and each round lets one of them, the
+    /// closest to completing its frame, read on, so that frames complete
+    /// and the buffers drain. The links' buffers then exceed it by at most
+    /// one frame and one round of reads. Default `None`: each peer is
+    /// bounded by its own limits only (see the README's memory formula).
+    pub memory_budget: Option<usize>,
     /// Bytes read and written per peer per round. Default 256 KiB.
     pub io_budget: usize,
     /// Inbound connections kept at once. When all are taken, a new one
@@ -205,6 +213,7 @@ impl Config {
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             event_bytes_limit: DEFAULT_EVENT_BYTES_LIMIT,
+            memory_budget: None,
             io_budget: DEFAULT_IO_BUDGET,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_in_flight_total: DEFAULT_MAX_IN_FLIGHT_TOTAL,

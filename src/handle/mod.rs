@@ -122,6 +122,13 @@ pub struct ReactorStats {
     /// Peers banned automatically for misbehaviour
     /// ([`Config::ban_misbehaving`](crate::Config::ban_misbehaving)).
     pub auto_bans: u64,
+    /// Bytes allocated now for the links' receive and send buffers.
+    pub buffered: u64,
+    /// The most [`buffered`](ReactorStats::buffered) has been.
+    pub buffered_peak: u64,
+    /// Times a peer's reading waited for the memory budget
+    /// ([`Config::memory_budget`](crate::Config::memory_budget)).
+    pub budget_pauses: u64,
 }
 
 struct Inner<C> {

@@ -423,6 +423,17 @@ where
         self.state
     }
 
+    /// Bytes allocated for this link's receive and send buffers.
+    pub(crate) fn buffered(&self) -> usize {
+        self.rx.capacity() + self.tx.capacity()
+    }
+
+    /// Bytes still missing from the frame being received (`usize::MAX`
+    /// without one).
+    pub(crate) fn frame_remaining(&self) -> usize {
+        self.rx_frame_len.map_or(usize::MAX, |f| f.saturating_sub(self.rx.len()))
+    }
+
     /// An outbound link still connecting (TCP or proxy handshake).
     pub(crate) fn is_pending(&self) -> bool {
         self.direction == Direction::Outbound && matches!(self.state, State::Connecting | State::Proxying)

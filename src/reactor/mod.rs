@@ -9,6 +9,7 @@ mod dial;
 mod eviction;
 mod link;
 mod listener;
+mod memory;
 mod outbound;
 mod outbox;
 mod rxbuf;
@@ -98,6 +99,7 @@ where
         resolver: Resolver::new(Arc::clone(&shared)),
         resolving: IdMap::default(),
         ban_misbehaving: config.ban_misbehaving,
+        memory: memory::Memory::new(config.memory_budget),
         admission: Admission::new((rng.u64(), rng.u64()), config.max_inbound_per_ip, config.max_inbound_per_netgroup),
         poll,
         listeners,
@@ -149,6 +151,8 @@ struct Reactor<F: Factory, P: Protocol> {
     admission: Admission,
     /// Ban peers closed for misbehaviour for this long.
     ban_misbehaving: Option<std::time::Duration>,
+    /// The links' buffers and the optional budget.
+    memory: memory::Memory,
 }
 
 impl<F, P> Reactor<F, P>
@@ -199,6 +203,7 @@ where
         self.env.out.flush();
         self.listeners.begin_round(self.env.now);
         self.accept_pending();
+        self.unpark();
         self.serve_reads();
         // What the reads produced goes to the user before we turn to
         // commands and writes.
@@ -272,7 +277,9 @@ where
             return Some(Duration::ZERO);
         }
         let link = self.timers.peek().map(|Reverse((at, _))| *at);
-        let next = [link, self.listeners.next_deadline()].into_iter().flatten().min();
+        // Peers waiting for the memory budget: look again soon.
+        let budget = self.memory.waiting().then(|| self.env.now + Duration::from_millis(1));
+        let next = [link, self.listeners.next_deadline(), budget].into_iter().flatten().min();
         next.map(|at| at.saturating_duration_since(Instant::now()))
     }
 
@@ -332,6 +339,7 @@ where
             slot.timer_at = Some(at);
             self.timers.push(Reverse((at, id)));
         }
+        self.account(id);
     }
 
     fn finish_connect(&mut self, id: u64) {
@@ -517,6 +525,9 @@ where
                 return;
             }
             let Some(id) = self.read_queue.pop_front() else { return };
+            if self.park_for_budget(id) {
+                continue;
+            }
             match self.read(id) {
                 Ok(true) => self.read_queue.push_back(id),
                 Ok(false) => {
@@ -531,8 +542,9 @@ where
     }
 
     fn read(&mut self, id: u64) -> Result<bool, DisconnectReason<P::Stack>> {
+        let allowance = self.read_allowance(id, self.io_budget);
         let Some(slot) = self.slots.get_mut(&id) else { return Ok(false) };
-        slot.read(&mut self.env, &mut self.scratch, self.io_budget)
+        slot.read(&mut self.env, &mut self.scratch, allowance)
     }
 
     fn serve_writes(&mut self) {
@@ -590,6 +602,7 @@ where
     fn close(&mut self, id: u64, end: End<P::Stack>) {
         let Some(mut slot) = self.slots.remove(&id) else { return };
         let _ = self.poll.registry().deregister(&mut slot.stream);
+        self.unaccount(slot.accounted);
         let (peer, direction) = (slot.link.id, slot.link.direction);
         let source =
             admission::Source { ip: slot.link.remote.ip().to_canonical(), group: slot.link.standing.keyed_net_group };

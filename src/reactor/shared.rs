@@ -263,6 +263,9 @@ pub(crate) struct Counters {
     pub(crate) inbound_failed: AtomicU64,
     pub(crate) accept_backoffs: AtomicU64,
     pub(crate) auto_bans: AtomicU64,
+    pub(crate) buffered: AtomicU64,
+    pub(crate) buffered_peak: AtomicU64,
+    pub(crate) budget_pauses: AtomicU64,
 }
 
 impl Counters {
@@ -280,6 +283,9 @@ impl Counters {
             inbound_failed: self.inbound_failed.load(Ordering::Relaxed),
             accept_backoffs: self.accept_backoffs.load(Ordering::Relaxed),
             auto_bans: self.auto_bans.load(Ordering::Relaxed),
+            buffered: self.buffered.load(Ordering::Relaxed),
+            buffered_peak: self.buffered_peak.load(Ordering::Relaxed),
+            budget_pauses: self.budget_pauses.load(Ordering::Relaxed),
         }
     }
 }

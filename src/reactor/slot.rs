@@ -54,6 +54,8 @@ pub(super) struct Slot<C: Codec, P: Protocol> {
     pub(super) read_paused: bool,
     /// The earliest deadline of this link in the timer heap.
     pub(super) timer_at: Option<Instant>,
+    /// The link's buffer bytes as the memory budget last counted them.
+    pub(super) accounted: usize,
 }
 
 /// Hasher for peer ids, which are already unique integers.
@@ -91,6 +93,7 @@ where
             in_write_queue: false,
             read_paused: false,
             timer_at: None,
+            accounted: 0,
         }
     }
 
