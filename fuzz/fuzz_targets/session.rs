@@ -11,7 +11,8 @@
 //! - `timers` bits 0–1, 2–3, 4–5: the handshake timeout, ping interval and
 //!   ping timeout, each from its table (Core's default, zero, one second,
 //!   `Duration::MAX`); bit 6: we announce `NETWORK | WITNESS`; bit 7: a user
-//!   agent name and version.
+//!   agent name and version, or (when our nonce is odd) a whole user agent
+//!   of over 256 bytes.
 //! - Each event is a byte: the high nibble picks a clock advance from
 //!   [`ADVANCES`] (applied first), the low nibble the event: 0 a tick, 1 a
 //!   `version` built from the next 4 bytes (see [`peer_version`]), 2
@@ -141,7 +142,7 @@ fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d).unwrap_or_else(|| at.checked_add(NEVER).unwrap_or(at))
 }
 
-fn config(flags: u8, timers: u8) -> SessionConfig {
+fn config(flags: u8, timers: u8, nonce: u64) -> SessionConfig {
     let both = ServiceFlags::NETWORK | ServiceFlags::WITNESS;
     let mut c = SessionConfig::default();
     c.send_headers = flags & 0x02 != 0;
@@ -160,9 +161,11 @@ fn config(flags: u8, timers: u8) -> SessionConfig {
     if timers & 0x40 != 0 {
         c.services = both;
     }
-    if timers & 0x80 != 0 {
+    if timers & 0x80 != 0 && nonce & 1 == 0 {
         c.user_agent_name = Some("fuzz".to_owned());
         c.user_agent_version = Some("0.1".to_owned());
+    } else if timers & 0x80 != 0 {
+        c.user_agent = Some(format!("/fuzz:{}/", "é".repeat(200)));
     }
     c
 }
@@ -280,6 +283,7 @@ impl Driver<'_> {
         let m = &self.model;
         assert_eq!(self.session.is_ready(), m.ready);
         assert_eq!(self.session.features(), m.features);
+        assert!(!self.session.features().to_string().is_empty());
         assert_eq!(self.session.peer_version(), m.peer.as_ref().map(PeerVersion::from_message).as_ref());
         if let (Some(p), Some(v)) = (self.session.peer_version(), &m.peer) {
             // Cut to 256 bytes at a character boundary, and only if longer.
@@ -510,7 +514,7 @@ fn run(data: &[u8]) {
         return;
     };
     let nonce = u64::from_le_bytes([n0, n1, n2, n3, n4, n5, n6, n7]);
-    let cfg = config(flags, timers);
+    let cfg = config(flags, timers, nonce);
     let direction = if flags & 0x01 != 0 { Direction::Inbound } else { Direction::Outbound };
     // The reactor's nonces of open outbound sessions: this one's if it is
     // outbound, and another one.
