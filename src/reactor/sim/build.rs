@@ -1,0 +1,197 @@
+//! Building a world: each pair's protocol, codecs, pipes, schedules and
+//! ending, drawn from the seed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::message::NetworkMessage;
+
+use super::super::link::Limits;
+use super::super::shared::Shared;
+use super::super::tests::tx;
+use super::net::{PipeParams, SimProxy};
+use super::pair::{Ending, Pair, Run};
+use super::side::{SideConfig, new_side};
+use super::{FIRST_SERVER_ID, Rng, Who, Wire, approx_size, inv, ms, ping, tag};
+use crate::protocol::{Bitcoin, Passthrough};
+use crate::session::{Mode, SessionConfig};
+use crate::wire::{BitcoinCodec, TransportPolicy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Profile {
+    /// Tiny reads and writes, small messages.
+    Trickle,
+    Normal,
+    /// One side sends large transactions through a small send buffer.
+    Bulk,
+}
+
+/// A user's messages: sorted times in the first 2.5 s, tagged, up to
+/// `budget` bytes. Pings only in raw mode (the session answers them).
+pub(super) fn schedule(
+    rng: &mut Rng,
+    index: usize,
+    who: Who,
+    raw: bool,
+    big: bool,
+    budget: usize,
+    t0: Instant,
+) -> (VecDeque<(Instant, NetworkMessage)>, u32) {
+    let count = rng.range(0, 30) as u32;
+    let mut spent = 0;
+    let mut messages = Vec::new();
+    for seq in 0..count {
+        let tag = tag(index, who, seq);
+        let message = if big && rng.chance(25) {
+            tx(tag, rng.size(6_000, 25_000))
+        } else if raw && rng.chance(40) {
+            ping(tag)
+        } else if rng.chance(25) {
+            tx(tag, rng.size(100, 2_000))
+        } else {
+            inv(tag, rng.size(1, 20))
+        };
+        spent += approx_size(&message);
+        if spent > budget {
+            break;
+        }
+        messages.push(message);
+    }
+    let mut times: Vec<u64> = messages.iter().map(|_| rng.range(0, 2_500)).collect();
+    times.sort_unstable();
+    let next_seq = messages.len() as u32 + 1;
+    (times.into_iter().map(|t| t0 + ms(t)).zip(messages).collect(), next_seq)
+}
+
+pub(super) fn new_pair(index: usize, rng: &mut Rng, t0: Instant, shared: &Arc<Shared>) -> Box<dyn Run> {
+    let session = rng.chance(40);
+    if session {
+        let seed = rng.next();
+        let proto = move || {
+            let config = SessionConfig { handshake_timeout: Duration::from_secs(30), ..SessionConfig::default() };
+            Bitcoin::new(Mode::Session, config, Arc::clone(shared), seed)
+        };
+        Box::new(build(index, rng, t0, false, proto))
+    } else {
+        Box::new(build(index, rng, t0, true, Passthrough::<BitcoinCodec>::new))
+    }
+}
+
+pub(super) fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, proto: impl Fn() -> P) -> Pair<P> {
+    let unreachable = index % 20 == 9;
+    let mut policies = POLICIES[(index / 2 + rng.size(0, 1)) % POLICIES.len()];
+    let fallback = policies == (TransportPolicy::V2Preferred, TransportPolicy::V1Only);
+    if (raw && policies == (TransportPolicy::V1Only, TransportPolicy::V2Preferred)) || (unreachable && fallback) {
+        policies = (TransportPolicy::V2Preferred, TransportPolicy::V2Preferred);
+    }
+    let fallback = policies == (TransportPolicy::V2Preferred, TransportPolicy::V1Only);
+    let profile = match rng.range(0, 9) {
+        0 => Profile::Trickle,
+        2..=4 => Profile::Bulk,
+        _ => Profile::Normal,
+    };
+    let (write_max, read_max, capacity) = match profile {
+        // Small enough to split every frame, large enough that the BIP324
+        // handshake (up to 4 kB of garbage each way) beats its timeout.
+        Profile::Trickle => (rng.size(16, 256), rng.size(64, 512), rng.size(256, 4_096)),
+        Profile::Normal => (rng.size(500, 16_384), rng.size(500, 16_384), rng.size(2_048, 65_536)),
+        Profile::Bulk => (rng.size(8_192, 65_536), rng.size(8_192, 65_536), rng.size(16_384, 131_072)),
+    };
+    let pipe_params =
+        PipeParams { capacity, write_max, read_max, latency_ms: rng.range(0, 30), jitter_ms: rng.range(0, 10) };
+    let bulk_side = if rng.chance(50) { Who::Client } else { Who::Server };
+    // Sometimes both sides go over their send buffers at once: decoding
+    // pauses on both, reading goes on, and neither may stall the other.
+    let both_bulk = rng.chance(50);
+    let side_config = |who: Who, policy: TransportPolicy, rng: &mut Rng| {
+        let big = profile == Profile::Bulk && (both_bulk || who == bulk_side);
+        let send_buffer = if big { rng.pick(&[3_000, 8_000, 20_000]) } else { rng.pick(&[20_000, 100_000, 1_000_000]) };
+        let budget = match profile {
+            Profile::Bulk if big => 50_000,
+            Profile::Trickle => 2_000,
+            _ => (send_buffer / 4).min(30_000),
+        };
+        let (schedule, next_seq) = schedule(rng, index, who, raw, big, budget, t0);
+        SideConfig {
+            policy,
+            limits: Limits {
+                send_buffer,
+                connect_timeout: Duration::from_secs(5),
+                handshake_timeout: Duration::from_secs(30),
+                stall_timeout: Duration::from_secs(60),
+                frame_timeout: Duration::from_secs(120),
+                receive_buffer: 5_000_000,
+                max_outbound: 1000,
+                max_pending_connects: 1000,
+            },
+            max_in_flight: rng.pick(&[2, 3, 8, 1024]),
+            schedule,
+            next_seq,
+        }
+    };
+    let client = new_side(Who::Client, proto(), side_config(Who::Client, policies.0, rng), t0);
+    let server = new_side(Who::Server, proto(), side_config(Who::Server, policies.1, rng), t0);
+    let at = t0 + ms(rng.range(200, 4_000));
+    let who = if rng.chance(50) { Who::Client } else { Who::Server };
+    let ending = match index % 10 {
+        _ if unreachable => Ending::Unreachable,
+        0 | 6 => Ending::Flush { who: Who::Client, at, early: !fallback && rng.chance(50) },
+        1 | 7 => Ending::Flush { who: Who::Server, at, early: false },
+        2 | 8 => Ending::Drop { who, at, rst: false },
+        3 => Ending::Drop { who, at, rst: true },
+        4 => Ending::Corrupt { who: Who::Client, at },
+        5 => Ending::Corrupt { who: Who::Server, at },
+        _ => Ending::Corrupt { who, at },
+    };
+    // Drawn last, so the other parameters of each seed stay as they were.
+    let proxy = rng.chance(30).then(|| SimProxy { password: rng.chance(50) });
+    let label = format!(
+        "{} {}->{}{} {profile:?} pipe {pipe_params:?} limits {}/{} in-flight {}/{} ending {ending:?}",
+        if raw { "raw" } else { "session" },
+        policies.0,
+        policies.1,
+        match proxy {
+            Some(SimProxy { password: true }) => " via proxy (password)",
+            Some(SimProxy { password: false }) => " via proxy",
+            None => "",
+        },
+        client.env.limits.send_buffer,
+        server.env.limits.send_buffer,
+        client.max_in_flight,
+        server.max_in_flight,
+    );
+    let mut pair = Pair {
+        index,
+        proxy,
+        label,
+        client,
+        server,
+        conns: Vec::new(),
+        pipe_params,
+        pending_connect: (!unreachable).then(|| t0 + ms(rng.range(0, 300))),
+        ending,
+        fired: false,
+        fallback,
+        expect_v1: policies.0 == TransportPolicy::V1Only || policies.1 == TransportPolicy::V1Only,
+        next_server_id: FIRST_SERVER_ID,
+        retries: 0,
+        corrupt_tag: None,
+        closing_tag: None,
+        t0,
+        trace: Vec::new(),
+    };
+    pair.start(rng);
+    pair
+}
+
+const POLICIES: [(TransportPolicy, TransportPolicy); 7] = [
+    (TransportPolicy::V1Only, TransportPolicy::V1Only),
+    (TransportPolicy::V2Only, TransportPolicy::V2Only),
+    (TransportPolicy::V2Preferred, TransportPolicy::V2Preferred),
+    (TransportPolicy::V2Preferred, TransportPolicy::V1Only),
+    (TransportPolicy::V2Preferred, TransportPolicy::V2Only),
+    (TransportPolicy::V2Only, TransportPolicy::V2Preferred),
+    // A v1 server-side detection needs `version` first: session mode only.
+    (TransportPolicy::V1Only, TransportPolicy::V2Preferred),
+];
