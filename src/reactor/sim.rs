@@ -12,16 +12,25 @@
 //! `Handle::send` (refused while the gate is closed, resumed on `Writable`).
 //!
 //! Every pair ends one way: a flushed close by either side, a drop (FIN or
-//! RST), a corrupt frame injected by a misbehaving sender, or an unreachable
-//! server. v1, v2 and v2-preferred codecs are mixed, including v2-preferred
-//! clients of v1-only servers (the v1 fallback). At the end every pair is
-//! checked: messages arrived in order, none lost unless the connection broke
-//! (and then a prefix), one terminal event per link with the reason the
-//! scenario implies, nothing after it.
+//! RST), a corrupt frame injected by a misbehaving sender, an unreachable
+//! server, or (15% of pairs) an injected I/O error: a failed connect, a
+//! server that cannot take the accepted connection, a read or a write that
+//! fails (or a write that returns 0), with the other side seeing the socket
+//! closed or reset. Another 15% of pairs meet benign faults (`Interrupted`
+//! reads and writes, reads that find nothing), which must change nothing.
+//! Writes are partial (random sizes, random pipe capacities), and reads
+//! are attempted every round whether or not bytes are there (spurious
+//! readiness: `WouldBlock`). v1, v2 and v2-preferred codecs are mixed,
+//! including v2-preferred clients of v1-only servers (the v1 fallback). At
+//! the end every pair is checked: messages arrived in order, none lost
+//! unless the connection broke (and then a prefix), one terminal event per
+//! link with the reason the scenario implies (the injected error itself
+//! for the link that met it), nothing after it.
 //!
 //! Layout: [`net`] (pipes, the proxy), [`side`] (links, events, the user,
 //! reads and writes as the reactor does them), [`pair`] (stepping a pair and
-//! its ending), [`build`] (drawing a world from the seed), [`check`].
+//! its ending), [`fault`] (injected faults), [`build`] (drawing a world from
+//! the seed), [`check`].
 //!
 //! Replay: `PEERLINK_SIM_SEED=<n> cargo test --lib sim` runs one seed (the
 //! seed is printed on failure). `PEERLINK_SIM_SEEDS=<count>` runs that many
@@ -30,6 +39,7 @@
 
 mod build;
 mod check;
+mod fault;
 mod net;
 mod pair;
 mod side;
@@ -197,13 +207,7 @@ fn run(seed: u64) -> Summary {
     let mut total = Summary::default();
     for pair in &pairs {
         pair.check();
-        let s = pair.summary();
-        total.messages += s.messages;
-        total.refusals += s.refusals;
-        total.writables += s.writables;
-        total.retries += s.retries;
-        total.codec_errors += s.codec_errors;
-        total.bytes += s.bytes;
+        total += pair.summary();
     }
     println!("seed {seed}: {steps} steps, {:?} simulated, {total:?}", now - t0);
     total
@@ -230,16 +234,13 @@ fn simulation() {
     }
     let mut total = Summary::default();
     for seed in seeds {
-        let s = run(seed);
-        total.messages += s.messages;
-        total.refusals += s.refusals;
-        total.writables += s.writables;
-        total.retries += s.retries;
-        total.codec_errors += s.codec_errors;
+        total += run(seed);
     }
     // The seeds exercised what the simulation is for.
     assert!(total.messages > 1_000, "{total:?}");
     assert!(total.refusals > 0 && total.writables > 0, "no back-pressure: {total:?}");
     assert!(total.retries > 0, "no v1 fallback: {total:?}");
     assert!(total.codec_errors > 0, "no misbehaving peer: {total:?}");
+    assert!(total.faults.iter().all(|n| *n > 0), "not every kind of fault: {total:?}");
+    assert!(total.flukes > 0, "no benign faults: {total:?}");
 }

@@ -10,6 +10,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use super::super::link::Limits;
 use super::super::shared::Shared;
 use super::super::tests::tx;
+use super::fault::Fault;
 use super::net::{PipeParams, SimProxy};
 use super::pair::{Ending, Pair, Run};
 use super::side::{SideConfig, new_side};
@@ -17,6 +18,11 @@ use super::{FIRST_SERVER_ID, Rng, Who, Wire, approx_size, inv, ms, ping, tag};
 use crate::protocol::{Bitcoin, Passthrough};
 use crate::session::{Mode, SessionConfig};
 use crate::wire::{BitcoinCodec, TransportPolicy};
+
+/// Percent of pairs that end by an injected fault.
+const FAULT_PERCENT: u64 = 15;
+/// Percent of pairs whose pipes return benign faults.
+const FLAKY_PERCENT: u64 = 15;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Profile {
@@ -91,50 +97,20 @@ pub(super) fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool
         2..=4 => Profile::Bulk,
         _ => Profile::Normal,
     };
-    let (write_max, read_max, capacity) = match profile {
-        // Small enough to split every frame, large enough that the BIP324
-        // handshake (up to 4 kB of garbage each way) beats its timeout.
-        Profile::Trickle => (rng.size(16, 256), rng.size(64, 512), rng.size(256, 4_096)),
-        Profile::Normal => (rng.size(500, 16_384), rng.size(500, 16_384), rng.size(2_048, 65_536)),
-        Profile::Bulk => (rng.size(8_192, 65_536), rng.size(8_192, 65_536), rng.size(16_384, 131_072)),
+    let mut pipe_params = pipe_params(profile, rng);
+    let sides = Sides {
+        index,
+        raw,
+        profile,
+        bulk: if rng.chance(50) { Who::Client } else { Who::Server },
+        both_bulk: rng.chance(50),
+        t0,
     };
-    let pipe_params =
-        PipeParams { capacity, write_max, read_max, latency_ms: rng.range(0, 30), jitter_ms: rng.range(0, 10) };
-    let bulk_side = if rng.chance(50) { Who::Client } else { Who::Server };
-    // Sometimes both sides go over their send buffers at once: decoding
-    // pauses on both, reading goes on, and neither may stall the other.
-    let both_bulk = rng.chance(50);
-    let side_config = |who: Who, policy: TransportPolicy, rng: &mut Rng| {
-        let big = profile == Profile::Bulk && (both_bulk || who == bulk_side);
-        let send_buffer = if big { rng.pick(&[3_000, 8_000, 20_000]) } else { rng.pick(&[20_000, 100_000, 1_000_000]) };
-        let budget = match profile {
-            Profile::Bulk if big => 50_000,
-            Profile::Trickle => 2_000,
-            _ => (send_buffer / 4).min(30_000),
-        };
-        let (schedule, next_seq) = schedule(rng, index, who, raw, big, budget, t0);
-        SideConfig {
-            policy,
-            limits: Limits {
-                send_buffer,
-                connect_timeout: Duration::from_secs(5),
-                handshake_timeout: Duration::from_secs(30),
-                stall_timeout: Duration::from_secs(60),
-                frame_timeout: Duration::from_secs(120),
-                receive_buffer: 5_000_000,
-                max_outbound: 1000,
-                max_pending_connects: 1000,
-            },
-            max_in_flight: rng.pick(&[2, 3, 8, 1024]),
-            schedule,
-            next_seq,
-        }
-    };
-    let client = new_side(Who::Client, proto(), side_config(Who::Client, policies.0, rng), t0);
-    let server = new_side(Who::Server, proto(), side_config(Who::Server, policies.1, rng), t0);
+    let client = new_side(Who::Client, proto(), sides.config(Who::Client, policies.0, rng), t0);
+    let server = new_side(Who::Server, proto(), sides.config(Who::Server, policies.1, rng), t0);
     let at = t0 + ms(rng.range(200, 4_000));
     let who = if rng.chance(50) { Who::Client } else { Who::Server };
-    let ending = match index % 10 {
+    let mut ending = match index % 10 {
         _ if unreachable => Ending::Unreachable,
         0 | 6 => Ending::Flush { who: Who::Client, at, early: !fallback && rng.chance(50) },
         1 | 7 => Ending::Flush { who: Who::Server, at, early: false },
@@ -146,6 +122,13 @@ pub(super) fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool
     };
     // Drawn last, so the other parameters of each seed stay as they were.
     let proxy = rng.chance(30).then(|| SimProxy { password: rng.chance(50) });
+    // Some pairs end by an injected fault instead; some meet benign ones.
+    if !unreachable && rng.chance(FAULT_PERCENT) {
+        ending = Ending::Fault { fault: Fault::draw(rng, policies.0, proxy.is_some(), fallback), at };
+    }
+    if rng.chance(FLAKY_PERCENT) {
+        pipe_params.flaky = rng.range(2, 20);
+    }
     let label = format!(
         "{} {}->{}{} {profile:?} pipe {pipe_params:?} limits {}/{} in-flight {}/{} ending {ending:?}",
         if raw { "raw" } else { "session" },
@@ -178,11 +161,66 @@ pub(super) fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool
         retries: 0,
         corrupt_tag: None,
         closing_tag: None,
+        reset_on_close: None,
         t0,
         trace: Vec::new(),
     };
     pair.start(rng);
     pair
+}
+
+/// The pipes of a pair's connections, by its profile.
+fn pipe_params(profile: Profile, rng: &mut Rng) -> PipeParams {
+    let (write_max, read_max, capacity) = match profile {
+        // Small enough to split every frame, large enough that the BIP324
+        // handshake (up to 4 kB of garbage each way) beats its timeout.
+        Profile::Trickle => (rng.size(16, 256), rng.size(64, 512), rng.size(256, 4_096)),
+        Profile::Normal => (rng.size(500, 16_384), rng.size(500, 16_384), rng.size(2_048, 65_536)),
+        Profile::Bulk => (rng.size(8_192, 65_536), rng.size(8_192, 65_536), rng.size(16_384, 131_072)),
+    };
+    PipeParams { capacity, write_max, read_max, latency_ms: rng.range(0, 30), jitter_ms: rng.range(0, 10), flaky: 0 }
+}
+
+/// What the two sides of a pair share when their configurations are drawn.
+struct Sides {
+    index: usize,
+    raw: bool,
+    profile: Profile,
+    /// The side that sends large transactions in a bulk pair.
+    bulk: Who,
+    /// Sometimes both sides go over their send buffers at once: decoding
+    /// pauses on both, reading goes on, and neither may stall the other.
+    both_bulk: bool,
+    t0: Instant,
+}
+
+impl Sides {
+    fn config(&self, who: Who, policy: TransportPolicy, rng: &mut Rng) -> SideConfig {
+        let big = self.profile == Profile::Bulk && (self.both_bulk || who == self.bulk);
+        let send_buffer = if big { rng.pick(&[3_000, 8_000, 20_000]) } else { rng.pick(&[20_000, 100_000, 1_000_000]) };
+        let budget = match self.profile {
+            Profile::Bulk if big => 50_000,
+            Profile::Trickle => 2_000,
+            _ => (send_buffer / 4).min(30_000),
+        };
+        let (schedule, next_seq) = schedule(rng, self.index, who, self.raw, big, budget, self.t0);
+        SideConfig {
+            policy,
+            limits: Limits {
+                send_buffer,
+                connect_timeout: Duration::from_secs(5),
+                handshake_timeout: Duration::from_secs(30),
+                stall_timeout: Duration::from_secs(60),
+                frame_timeout: Duration::from_secs(120),
+                receive_buffer: 5_000_000,
+                max_outbound: 1000,
+                max_pending_connects: 1000,
+            },
+            max_in_flight: rng.pick(&[2, 3, 8, 1024]),
+            schedule,
+            next_seq,
+        }
+    }
 }
 
 const POLICIES: [(TransportPolicy, TransportPolicy); 7] = [

@@ -18,6 +18,10 @@ pub(super) struct PipeParams {
     pub(super) read_max: usize,
     pub(super) latency_ms: u64,
     pub(super) jitter_ms: u64,
+    /// Percent of reads and writes that fail with `Interrupted`, and of
+    /// reads that find nothing (`WouldBlock`) though bytes are there: faults
+    /// the reactor retries, which must change nothing.
+    pub(super) flaky: u64,
 }
 
 /// One direction of a TCP connection: both kernels' buffers and the wire.
@@ -42,6 +46,14 @@ pub(super) struct Pipe {
     pub(super) proxy_takes: usize,
     /// What the proxy took.
     pub(super) to_proxy: Vec<u8>,
+    /// An injected fault: the next read of this stream fails so.
+    pub(super) read_fault: Option<io::ErrorKind>,
+    /// An injected fault: the next write fails so (`WriteZero`: returns 0).
+    pub(super) write_fault: Option<io::ErrorKind>,
+    /// The injected fault was returned.
+    pub(super) fault_hit: bool,
+    /// Benign faults returned (see [`PipeParams::flaky`]).
+    pub(super) flukes: usize,
 }
 
 impl Pipe {
@@ -58,6 +70,10 @@ impl Pipe {
             corrupt_at: None,
             proxy_takes: 0,
             to_proxy: Vec::new(),
+            read_fault: None,
+            write_fault: None,
+            fault_hit: false,
+            flukes: 0,
         }
     }
 
@@ -72,6 +88,14 @@ impl Pipe {
     pub(super) fn write(&mut self, data: &[u8], now: Instant, rng: &mut Rng) -> io::Result<usize> {
         if self.reset {
             return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        if let Some(kind) = self.write_fault.take() {
+            self.fault_hit = true;
+            return if kind == io::ErrorKind::WriteZero { Ok(0) } else { Err(injected(kind)) };
+        }
+        if self.params.flaky > 0 && rng.chance(self.params.flaky) {
+            self.flukes += 1;
+            return Err(io::ErrorKind::Interrupted.into());
         }
         // At least 4 bytes per write: a v2 initiator tells a v1 responder
         // that speaks first by its 4 magic bytes, and one that closes after
@@ -111,9 +135,18 @@ impl Pipe {
         Ok(n + to_proxy)
     }
 
-    pub(super) fn read(&mut self, buf: &mut [u8], now: Instant) -> io::Result<usize> {
+    pub(super) fn read(&mut self, buf: &mut [u8], now: Instant, rng: &mut Rng) -> io::Result<usize> {
         if self.reset {
             return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        if let Some(kind) = self.read_fault.take() {
+            self.fault_hit = true;
+            return Err(injected(kind));
+        }
+        if self.params.flaky > 0 && rng.chance(self.params.flaky) {
+            self.flukes += 1;
+            let kind = if rng.chance(50) { io::ErrorKind::Interrupted } else { io::ErrorKind::WouldBlock };
+            return Err(kind.into());
         }
         let mut n = 0;
         while n < buf.len() {
@@ -135,6 +168,15 @@ impl Pipe {
             0 => Err(io::ErrorKind::WouldBlock.into()),
             n => Ok(n),
         }
+    }
+}
+
+/// An injected error of `kind`, as the kernel would give it (`Other` with a
+/// message of its own).
+pub(super) fn injected(kind: io::ErrorKind) -> io::Error {
+    match kind {
+        io::ErrorKind::Other => io::Error::other("injected fault"),
+        kind => kind.into(),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::super::dial::Dial;
 use super::super::link::{Closed, End, Link, State};
 use super::super::shared::Gate;
+use super::fault::Fault;
 use super::net::{Conn, Pipe, PipeParams, SimProxy, client_addr, server_addr};
 use super::side::{Outcome, Side, Slot, read_slot, write_slot};
 use super::{CLIENT_ID, Rng, Who, Wire, inv, ms, ping, tag, tag_of};
@@ -26,6 +27,8 @@ pub(super) enum Ending {
     Corrupt { who: Who, at: Instant },
     /// The server never answers the connect.
     Unreachable,
+    /// An injected fault ends it, at `at` or later (see [`Fault`]).
+    Fault { fault: Fault, at: Instant },
 }
 
 pub(super) struct Pair<P: Wire> {
@@ -47,6 +50,8 @@ pub(super) struct Pair<P: Wire> {
     pub(super) retries: usize,
     pub(super) corrupt_tag: Option<u64>,
     pub(super) closing_tag: Option<u64>,
+    /// The connection whose pipes reset once the fault's link closed it.
+    pub(super) reset_on_close: Option<usize>,
     pub(super) t0: Instant,
     pub(super) trace: Vec<String>,
 }
@@ -99,7 +104,8 @@ impl<P: Wire> Pair<P> {
     }
 
     /// The pending connect completes: a new connection, the server accepts
-    /// it, the client sees it connected.
+    /// it (unless the pair's fault says it cannot), the client sees it
+    /// connected.
     pub(super) fn accept(&mut self, now: Instant, rng: &mut Rng) {
         let conn = self.conns.len();
         let mut c2s = Pipe::new(self.pipe_params, now);
@@ -109,6 +115,19 @@ impl<P: Wire> Pair<P> {
             s2c.inject(&proxy.replies(), now);
         }
         self.conns.push(Conn { c2s, s2c });
+        if !self.accept_fails(conn, now) {
+            self.start_server(conn, now, rng);
+        }
+        let slot = self.client.slots.last_mut().unwrap_or_else(|| panic!("pair {}: accept without client", self.index));
+        assert_eq!(slot.link.state(), State::Connecting);
+        slot.conn = Some(conn);
+        self.client.env.now = now;
+        slot.link.handle_connected(client_addr(self.index), &mut self.client.env.cx());
+        self.settle();
+    }
+
+    /// The server's link for the accepted connection `conn`.
+    fn start_server(&mut self, conn: usize, now: Instant, rng: &mut Rng) {
         let id = PeerId(self.next_server_id);
         self.next_server_id += 1;
         let codec = self.server.factory.make(Direction::Inbound, &client_addr(self.index).into());
@@ -128,13 +147,7 @@ impl<P: Wire> Pair<P> {
         )
         .unwrap_or_else(|e| self.fail(format!("server link refused to start: {e:?}")));
         self.server.slots.push(Slot { link, conn: Some(conn) });
-        let slot = self.client.slots.last_mut().unwrap_or_else(|| panic!("pair {}: accept without client", self.index));
-        assert_eq!(slot.link.state(), State::Connecting);
-        slot.conn = Some(conn);
-        self.client.env.now = now;
-        slot.link.handle_connected(client_addr(self.index), &mut self.client.env.cx());
         self.note(now, format!("connected, conn {conn}, server link {id}"));
-        self.settle();
     }
 
     /// Owed shutdowns reach the pipes, and both sides take in their events.
@@ -157,7 +170,9 @@ impl<P: Wire> Pair<P> {
     pub(super) fn step(&mut self, now: Instant, rng: &mut Rng) {
         if self.pending_connect.is_some_and(|at| at <= now) {
             self.pending_connect = None;
-            self.accept(now, rng);
+            if !self.connect_fails(now, rng) {
+                self.accept(now, rng);
+            }
         }
         let order = if rng.chance(50) { [Who::Client, Who::Server] } else { [Who::Server, Who::Client] };
         for who in order {
@@ -224,6 +239,7 @@ impl<P: Wire> Pair<P> {
         if let Some(c) = conn {
             self.conns[c].outgoing(who).fin = true;
             self.conns[c].incoming(who).reader_gone = true;
+            self.after_fault_close(c);
         }
         match closed {
             Closed::Reported => {
@@ -291,6 +307,7 @@ impl<P: Wire> Pair<P> {
         }
         match self.ending {
             Ending::Unreachable => {}
+            Ending::Fault { fault, at } => self.arm(fault, at, now),
             Ending::Flush { who, at, early } => {
                 if now < at || !(early || self.both_announced()) || self.side(who).slots.is_empty() {
                     return;
@@ -389,6 +406,15 @@ impl<P: Wire> Run for Pair<P> {
                 .filter(|(_, o)| matches!(o, Outcome::Codec(_)))
                 .count(),
             bytes: self.conns.iter().map(|c| c.c2s.written + c.s2c.written).sum(),
+            faults: match self.fault() {
+                Some(fault) if self.fault_hit() => {
+                    let mut faults = [0; 4];
+                    faults[fault.kind_index()] = 1;
+                    faults
+                }
+                _ => [0; 4],
+            },
+            flukes: self.conns.iter().map(|c| c.c2s.flukes + c.s2c.flukes).sum(),
         }
     }
     fn describe(&self) -> String {
@@ -412,4 +438,23 @@ pub(super) struct Summary {
     pub(super) retries: usize,
     pub(super) codec_errors: usize,
     pub(super) bytes: u64,
+    /// Injected faults that happened: in connect, accept, read, write.
+    pub(super) faults: [usize; 4],
+    /// Benign faults (`Interrupted`, spurious `WouldBlock`) returned.
+    pub(super) flukes: usize,
+}
+
+impl std::ops::AddAssign for Summary {
+    fn add_assign(&mut self, other: Summary) {
+        self.messages += other.messages;
+        self.refusals += other.refusals;
+        self.writables += other.writables;
+        self.retries += other.retries;
+        self.codec_errors += other.codec_errors;
+        self.bytes += other.bytes;
+        for (total, n) in self.faults.iter_mut().zip(other.faults) {
+            *total += n;
+        }
+        self.flukes += other.flukes;
+    }
 }

@@ -72,6 +72,10 @@ pub(super) enum Outcome {
     Codec(&'static str),
     Other(String),
     ConnectTimeout,
+    /// The TCP connect failed.
+    ConnectIo(io::ErrorKind),
+    /// The TCP connect to the proxy failed, or the connection to it broke.
+    ProxyIo(io::ErrorKind),
     ConnectOther(String),
 }
 
@@ -89,6 +93,20 @@ pub(super) fn outcome<S: Stack<CodecError = WireError>>(reason: &DisconnectReaso
             _ => "other",
         }),
         other => Outcome::Other(format!("{other:?}")),
+    }
+}
+
+pub(super) fn connect_outcome(error: &ConnectError) -> Outcome {
+    match error {
+        ConnectError::Timeout(_) => Outcome::ConnectTimeout,
+        ConnectError::Io(e) => Outcome::ConnectIo(e.kind()),
+        #[cfg(feature = "socks")]
+        ConnectError::Proxy(crate::socks5::ProxyError { kind, .. }) => match kind {
+            crate::socks5::ProxyFailure::Timeout { .. } => Outcome::ConnectTimeout,
+            crate::socks5::ProxyFailure::Io(e) => Outcome::ProxyIo(e.kind()),
+            other => Outcome::ConnectOther(format!("{other:?}")),
+        },
+        other => Outcome::ConnectOther(format!("{other:?}")),
     }
 }
 
@@ -173,18 +191,7 @@ impl<P: Wire> Side<P> {
                     rec.received.push((peer, tag));
                 }
                 Event::Disconnected { reason, .. } => rec.ended.push((peer, outcome(reason))),
-                Event::ConnectFailed { error, .. } => rec.ended.push((
-                    peer,
-                    match error {
-                        ConnectError::Timeout(_) => Outcome::ConnectTimeout,
-                        #[cfg(feature = "socks")]
-                        ConnectError::Proxy(crate::socks5::ProxyError {
-                            kind: crate::socks5::ProxyFailure::Timeout { .. },
-                            ..
-                        }) => Outcome::ConnectTimeout,
-                        other => Outcome::ConnectOther(format!("{other:?}")),
-                    },
-                )),
+                Event::ConnectFailed { error, .. } => rec.ended.push((peer, connect_outcome(error))),
                 Event::SendRejected { message, reason, .. } => {
                     let tag = tag_of(message).ok_or("untagged rejected message")?;
                     let kind = match reason {
@@ -280,13 +287,13 @@ pub(super) fn read_slot<P: Wire>(
         let now = env.now;
         let result = match link.read_with(&mut env.pool, now, |buf| {
             let n = buf.len().min(chunk);
-            pipe.read(&mut buf[..n], now)
+            pipe.read(&mut buf[..n], now, rng)
         }) {
             Some(result) => result,
             None => {
                 env.scratch.resize(chunk, 0);
                 let mut scratch = std::mem::take(&mut env.scratch);
-                let result = pipe.read(&mut scratch[..chunk], now);
+                let result = pipe.read(&mut scratch[..chunk], now, rng);
                 let handled = match result {
                     Ok(n @ 1..) => link.handle_input(&scratch[..n], &mut env.cx()),
                     _ => Ok(()),
@@ -303,12 +310,14 @@ pub(super) fn read_slot<P: Wire>(
                 link.decode_buffered(&mut env.cx())?;
                 return Ok(());
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(link.io_reason(e)),
         }
     }
 }
 
-/// Writes like the reactor's `write`, a few partial writes per round.
+/// Writes like the reactor's `write`, a few partial writes per round: a
+/// write of nothing is an error, an interrupted one is tried again.
 pub(super) fn write_slot<P: Wire>(
     link: &mut Link<BitcoinCodec, P>,
     env: &mut Env<P>,
@@ -320,8 +329,10 @@ pub(super) fn write_slot<P: Wire>(
             break;
         }
         match pipe.write(link.poll_transmit(), env.now, rng) {
+            Ok(0) => return Err(DisconnectReason::Io(io::ErrorKind::WriteZero.into())),
             Ok(n) => link.advance(n, &mut env.cx()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(DisconnectReason::Io(e)),
         }
     }
