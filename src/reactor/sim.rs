@@ -47,21 +47,28 @@ mod side;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bitcoin::BlockHash;
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::{Amount, BlockHash, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 
 use self::build::new_pair;
 use self::pair::{Run, Summary};
-use super::shared::Shared;
-use super::tests::Wire;
+use super::shared::{Budget, Gate, Shared};
+use crate::protocol::Protocol;
+use crate::stack::Stack;
 use crate::types::PeerId;
+use crate::wire::WireError;
 
 /// Connection pairs per seed.
+#[cfg(test)]
 const PAIRS: usize = 40;
 /// Seeds run by default.
+#[cfg(test)]
 const SEEDS: [u64; 8] = [1, 2, 3, 4, 5, 0x5eed, 0xdead_beef, 20_240_601];
+/// Most pairs in a fuzzed world.
+#[cfg(fuzzing)]
+const FUZZ_PAIRS: u8 = 8;
 /// A seed that has not finished after this much simulated time has hung.
 const MAX_SIM_TIME: Duration = Duration::from_secs(900);
 /// The client's id; server links count up from `FIRST_SERVER_ID`.
@@ -72,21 +79,68 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// splitmix64: small, fast, and the whole state is the seed.
-struct Rng(u64);
+/// A protocol whose stack speaks the built-in codec's types.
+trait Wire: Protocol<Stack: Stack<Message = NetworkMessage, CodecError = WireError>> {}
+impl<P: Protocol<Stack: Stack<Message = NetworkMessage, CodecError = WireError>>> Wire for P {}
+
+/// A send gate with its own budget.
+fn gate(max_in_flight: usize) -> Gate {
+    Gate::with_budget(max_in_flight, Arc::new(Budget::new(usize::MAX)))
+}
+
+/// splitmix64: small, fast, and the whole state is the seed. A fuzzed
+/// world draws from its input (the tape) first, as few bytes a draw as its
+/// span needs, then from splitmix64 seeded with a hash of the input.
+struct Rng {
+    state: u64,
+    tape: Vec<u8>,
+    pos: usize,
+}
 
 impl Rng {
+    #[cfg(test)]
+    fn new(seed: u64) -> Rng {
+        Rng { state: seed, tape: Vec::new(), pos: 0 }
+    }
+
+    #[cfg(fuzzing)]
+    fn from_tape(tape: &[u8]) -> Rng {
+        // FNV-1a.
+        let state =
+            tape.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        Rng { state, tape: tape.to_vec(), pos: 0 }
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
 
+    /// Uniform in `0..span` (from splitmix64; from the tape, modulo
+    /// `span`, while it lasts).
+    fn below(&mut self, span: u64) -> u64 {
+        let len = match span {
+            0..=0x100 => 1,
+            0x101..=0x1_0000 => 2,
+            _ => 8,
+        };
+        match self.tape.get(self.pos..self.pos + len) {
+            Some(bytes) => {
+                self.pos += len;
+                let mut le = [0u8; 8];
+                le[..len].copy_from_slice(bytes);
+                u64::from_le_bytes(le) % span
+            }
+            None => self.next() % span,
+        }
+    }
+
     /// Uniform in `lo..=hi`.
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
+        lo + self.below(hi - lo + 1)
     }
 
     fn size(&mut self, lo: usize, hi: usize) -> usize {
@@ -94,11 +148,11 @@ impl Rng {
     }
 
     fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.below(100) < percent
     }
 
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.next() as usize % items.len()]
+        items[self.below(items.len() as u64) as usize]
     }
 
     fn bytes32(&mut self) -> [u8; 32] {
@@ -159,6 +213,27 @@ fn tag_of(message: &NetworkMessage) -> Option<u64> {
     }
 }
 
+/// A transaction tagged in its first input's txid, with a `script_len`-byte
+/// output script.
+fn tx(tag: u64, script_len: usize) -> NetworkMessage {
+    let mut prev = [0u8; 32];
+    prev[..8].copy_from_slice(&tag.to_le_bytes());
+    NetworkMessage::Tx(Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint { txid: Txid::from_byte_array(prev), vout: 0 },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(1),
+            script_pubkey: ScriptBuf::from_bytes(vec![0x6a; script_len]),
+        }],
+    })
+}
+
 /// Rough v1 size of a message, for byte budgets.
 fn approx_size(message: &NetworkMessage) -> usize {
     match message {
@@ -169,8 +244,11 @@ fn approx_size(message: &NetworkMessage) -> usize {
     }
 }
 
+/// Prints how to replay a failed seed.
+#[cfg(test)]
 struct Replay(u64);
 
+#[cfg(test)]
 impl Drop for Replay {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -179,20 +257,21 @@ impl Drop for Replay {
     }
 }
 
-fn run(seed: u64) -> Summary {
-    let _replay = Replay(seed);
-    let mut rng = Rng(seed);
+/// Builds `pairs` pairs (their stories drawn, or by their index so that a
+/// seed has every kind), runs them to their ends and checks each. Panics
+/// with the pair's trace if a check fails or the world hangs.
+fn world(rng: &mut Rng, pairs: usize, drawn: bool) -> (Summary, u64, Duration) {
     let poll = mio::Poll::new().expect("poll");
     let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker");
     let shared = Arc::new(Shared::new(waker, 0, 64, 4096));
     let t0 = Instant::now();
-    let mut pairs: Vec<Box<dyn Run>> = (0..PAIRS).map(|i| new_pair(i, &mut rng, t0, &shared)).collect();
+    let mut pairs: Vec<Box<dyn Run>> = (0..pairs).map(|i| new_pair(i, rng, t0, &shared, drawn)).collect();
     let mut now = t0;
     let mut steps = 0u64;
     while pairs.iter().any(|p| !p.done()) {
         if now - t0 > MAX_SIM_TIME {
             let stuck: Vec<String> = pairs.iter().filter(|p| !p.done()).map(|p| p.describe()).collect();
-            panic!("seed {seed}: not finished after {MAX_SIM_TIME:?}:\n{}", stuck.join("\n"));
+            panic!("not finished after {MAX_SIM_TIME:?}:\n{}", stuck.join("\n"));
         }
         now += match rng.range(0, 99) {
             0..=69 => ms(rng.range(0, 5)),
@@ -200,7 +279,7 @@ fn run(seed: u64) -> Summary {
             _ => ms(rng.range(50, 1_500)),
         };
         for pair in pairs.iter_mut().filter(|p| !p.done()) {
-            pair.step(now, &mut rng);
+            pair.step(now, rng);
         }
         steps += 1;
     }
@@ -209,10 +288,29 @@ fn run(seed: u64) -> Summary {
         pair.check();
         total += pair.summary();
     }
-    println!("seed {seed}: {steps} steps, {:?} simulated, {total:?}", now - t0);
+    (total, steps, now - t0)
+}
+
+#[cfg(test)]
+fn run(seed: u64) -> Summary {
+    let _replay = Replay(seed);
+    let (total, steps, elapsed) = world(&mut Rng::new(seed), PAIRS, false);
+    println!("seed {seed}: {steps} steps, {elapsed:?} simulated, {total:?}");
     total
 }
 
+/// Runs the world a fuzz input describes: its first byte says how many
+/// pairs (1 to 8), the rest feeds every draw (each pair's protocol, codecs,
+/// pipes, schedules, ending or fault, then every step's sizes, orders and
+/// pauses). Panics if the world breaks one of the simulation's checks.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(data: &[u8]) {
+    let Some((&first, tape)) = data.split_first() else { return };
+    let pairs = 1 + usize::from(first % FUZZ_PAIRS);
+    world(&mut Rng::from_tape(tape), pairs, true);
+}
+
+#[cfg(test)]
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
     Some(value.parse().unwrap_or_else(|_| panic!("{name} must be a number, got {value:?}")))

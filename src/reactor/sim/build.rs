@@ -9,12 +9,11 @@ use bitcoin::p2p::message::NetworkMessage;
 
 use super::super::link::Limits;
 use super::super::shared::Shared;
-use super::super::tests::tx;
 use super::fault::Fault;
 use super::net::{PipeParams, SimProxy};
 use super::pair::{Ending, Pair, Run};
 use super::side::{SideConfig, new_side};
-use super::{FIRST_SERVER_ID, Rng, Who, Wire, approx_size, inv, ms, ping, tag};
+use super::{FIRST_SERVER_ID, Rng, Who, Wire, approx_size, inv, ms, ping, tag, tx};
 use crate::protocol::{Bitcoin, Passthrough};
 use crate::session::{Mode, SessionConfig};
 use crate::wire::{BitcoinCodec, TransportPolicy};
@@ -70,7 +69,9 @@ pub(super) fn schedule(
     (times.into_iter().map(|t| t0 + ms(t)).zip(messages).collect(), next_seq)
 }
 
-pub(super) fn new_pair(index: usize, rng: &mut Rng, t0: Instant, shared: &Arc<Shared>) -> Box<dyn Run> {
+/// A new pair, in raw or session mode; `drawn`: its story and codecs are
+/// drawn rather than given by its index.
+pub(super) fn new_pair(index: usize, rng: &mut Rng, t0: Instant, shared: &Arc<Shared>, drawn: bool) -> Box<dyn Run> {
     let session = rng.chance(40);
     if session {
         let seed = rng.next();
@@ -78,15 +79,21 @@ pub(super) fn new_pair(index: usize, rng: &mut Rng, t0: Instant, shared: &Arc<Sh
             let config = SessionConfig { handshake_timeout: Duration::from_secs(30), ..SessionConfig::default() };
             Bitcoin::new(Mode::Session, config, Arc::clone(shared), seed)
         };
-        Box::new(build(index, rng, t0, false, proto))
+        Box::new(build(index, rng, t0, false, drawn, proto))
     } else {
-        Box::new(build(index, rng, t0, true, Passthrough::<BitcoinCodec>::new))
+        Box::new(build(index, rng, t0, true, drawn, Passthrough::<BitcoinCodec>::new))
     }
 }
 
-pub(super) fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, proto: impl Fn() -> P) -> Pair<P> {
-    let unreachable = index % 20 == 9;
-    let mut policies = POLICIES[(index / 2 + rng.size(0, 1)) % POLICIES.len()];
+fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, drawn: bool, proto: impl Fn() -> P) -> Pair<P> {
+    // By the index, every seed has every story (and 1 in 20 pairs an
+    // unreachable server) with most codec pairs.
+    let (story, policy) = match drawn {
+        true => (rng.size(0, 19), rng.size(0, POLICIES.len() - 1)),
+        false => (index % 20, index / 2 + rng.size(0, 1)),
+    };
+    let unreachable = story == 9;
+    let mut policies = POLICIES[policy % POLICIES.len()];
     let fallback = policies == (TransportPolicy::V2Preferred, TransportPolicy::V1Only);
     if (raw && policies == (TransportPolicy::V1Only, TransportPolicy::V2Preferred)) || (unreachable && fallback) {
         policies = (TransportPolicy::V2Preferred, TransportPolicy::V2Preferred);
@@ -110,7 +117,7 @@ pub(super) fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool
     let server = new_side(Who::Server, proto(), sides.config(Who::Server, policies.1, rng), t0);
     let at = t0 + ms(rng.range(200, 4_000));
     let who = if rng.chance(50) { Who::Client } else { Who::Server };
-    let mut ending = match index % 10 {
+    let mut ending = match story % 10 {
         _ if unreachable => Ending::Unreachable,
         0 | 6 => Ending::Flush { who: Who::Client, at, early: !fallback && rng.chance(50) },
         1 | 7 => Ending::Flush { who: Who::Server, at, early: false },

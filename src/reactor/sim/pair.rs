@@ -7,11 +7,10 @@ use std::time::Instant;
 
 use super::super::dial::Dial;
 use super::super::link::{Closed, End, Link, State};
-use super::super::shared::Gate;
 use super::fault::Fault;
 use super::net::{Conn, Pipe, PipeParams, SimProxy, client_addr, server_addr};
 use super::side::{Outcome, Side, Slot, read_slot, write_slot};
-use super::{CLIENT_ID, Rng, Who, Wire, inv, ms, ping, tag, tag_of};
+use super::{CLIENT_ID, Rng, Who, Wire, gate, inv, ms, ping, tag, tag_of};
 use crate::codec::Factory;
 use crate::event::DisconnectReason;
 use crate::types::{Direction, PeerId};
@@ -86,7 +85,7 @@ impl<P: Wire> Pair<P> {
     /// Opens the client's link (connecting).
     pub(super) fn start(&mut self, rng: &mut Rng) {
         let codec = self.client.factory.make(Direction::Outbound, &server_addr(self.index).into());
-        let gate = Arc::new(Gate::new(self.client.max_in_flight));
+        let gate = Arc::new(gate(self.client.max_in_flight));
         let link = Link::new(
             CLIENT_ID,
             Direction::Outbound,
@@ -131,7 +130,7 @@ impl<P: Wire> Pair<P> {
         let id = PeerId(self.next_server_id);
         self.next_server_id += 1;
         let codec = self.server.factory.make(Direction::Inbound, &client_addr(self.index).into());
-        let gate = Arc::new(Gate::new(self.server.max_in_flight));
+        let gate = Arc::new(gate(self.server.max_in_flight));
         self.server.env.now = now;
         let link = Link::new(
             id,
