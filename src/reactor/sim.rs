@@ -341,4 +341,5 @@ fn simulation() {
     assert!(total.codec_errors > 0, "no misbehaving peer: {total:?}");
     assert!(total.faults.iter().all(|n| *n > 0), "not every kind of fault: {total:?}");
     assert!(total.flukes > 0, "no benign faults: {total:?}");
+    assert!(total.moved_on > 0, "no client moved on to a next address: {total:?}");
 }

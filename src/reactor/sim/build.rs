@@ -9,7 +9,7 @@ use bitcoin::p2p::message::NetworkMessage;
 
 use super::super::link::Limits;
 use super::super::shared::Shared;
-use super::fault::Fault;
+use super::fault::{CONNECT_KINDS, Fault};
 use super::net::{PipeParams, SimProxy};
 use super::pair::{Ending, Pair, Run};
 use super::side::{SideConfig, new_side};
@@ -22,6 +22,9 @@ use crate::wire::{BitcoinCodec, TransportPolicy};
 const FAULT_PERCENT: u64 = 15;
 /// Percent of pairs whose pipes return benign faults.
 const FLAKY_PERCENT: u64 = 15;
+/// Percent of direct pairs whose client dials a name with two addresses,
+/// the first of which fails.
+const MOVES_ON_PERCENT: u64 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Profile {
@@ -136,8 +139,9 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, drawn: bo
     if rng.chance(FLAKY_PERCENT) {
         pipe_params.flaky = rng.range(2, 20);
     }
+    let moves_on = (proxy.is_none() && !unreachable && rng.chance(MOVES_ON_PERCENT)).then(|| rng.pick(&CONNECT_KINDS));
     let label = format!(
-        "{} {}->{}{} {profile:?} pipe {pipe_params:?} limits {}/{} in-flight {}/{} ending {ending:?}",
+        "{} {}->{}{}{} {profile:?} pipe {pipe_params:?} limits {}/{} in-flight {}/{} ending {ending:?}",
         if raw { "raw" } else { "session" },
         policies.0,
         policies.1,
@@ -146,6 +150,7 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, drawn: bo
             Some(SimProxy { password: false }) => " via proxy",
             None => "",
         },
+        moves_on.map(|kind| format!(" (first address fails: {kind:?})")).unwrap_or_default(),
         client.env.limits.send_buffer,
         server.env.limits.send_buffer,
         client.max_in_flight,
@@ -169,6 +174,8 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, drawn: bo
         corrupt_tag: None,
         closing_tag: None,
         reset_on_close: None,
+        moves_on,
+        moved_on: false,
         t0,
         trace: Vec::new(),
     };

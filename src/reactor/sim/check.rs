@@ -17,6 +17,9 @@ impl<P: Wire> Pair<P> {
         {
             self.fail(format!("the fault {fault:?} never happened"));
         }
+        if self.moves_on.is_some() && !self.moved_on {
+            self.fail("the client never moved on to the next address");
+        }
         match self.ending {
             Ending::Unreachable => self.check_unconnected(Outcome::ConnectTimeout),
             Ending::Fault { fault: fault @ Fault::Connect { .. }, .. } => {

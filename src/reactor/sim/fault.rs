@@ -37,7 +37,7 @@ pub(super) enum Fault {
     Write { who: Who, kind: io::ErrorKind, early: bool, rst: bool },
 }
 
-const CONNECT_KINDS: [io::ErrorKind; 5] = [
+pub(super) const CONNECT_KINDS: [io::ErrorKind; 5] = [
     io::ErrorKind::ConnectionRefused,
     io::ErrorKind::TimedOut,
     io::ErrorKind::HostUnreachable,

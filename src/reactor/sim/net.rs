@@ -243,6 +243,11 @@ pub(super) fn client_addr(index: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 40_000 + index as u16))
 }
 
+/// The first address of the name a moving-on client dials: nobody there.
+pub(super) fn dead_addr(index: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 2], 20_000 + index as u16))
+}
+
 pub(super) fn server_addr(index: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 20_000 + index as u16))
 }

@@ -1,6 +1,8 @@
 //! A pair of sides, the connections between them, and how its story ends.
 
 use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -8,7 +10,7 @@ use std::time::Instant;
 use super::super::dial::Dial;
 use super::super::link::{Closed, End, Link, State};
 use super::fault::Fault;
-use super::net::{Conn, Pipe, PipeParams, SimProxy, client_addr, server_addr};
+use super::net::{Conn, Pipe, PipeParams, SimProxy, client_addr, dead_addr, server_addr};
 use super::side::{Outcome, Side, Slot, read_slot, write_slot};
 use super::{CLIENT_ID, Rng, Who, Wire, gate, inv, ms, ping, tag, tag_of};
 use crate::codec::Factory;
@@ -51,6 +53,10 @@ pub(super) struct Pair<P: Wire> {
     pub(super) closing_tag: Option<u64>,
     /// The connection whose pipes reset once the fault's link closed it.
     pub(super) reset_on_close: Option<usize>,
+    /// The client dials a name with two addresses: the connect to the first
+    /// fails with this, and the client moves on to the second (the server).
+    pub(super) moves_on: Option<io::ErrorKind>,
+    pub(super) moved_on: bool,
     pub(super) t0: Instant,
     pub(super) trace: Vec<String>,
 }
@@ -76,26 +82,44 @@ impl<P: Wire> Pair<P> {
         self.client.slots.is_empty() && self.server.slots.is_empty() && self.pending_connect.is_none()
     }
 
-    /// How the client's link started at `now` reaches the server: through
-    /// the pair's proxy, or directly (`None`).
-    pub(super) fn dial(&self, now: Instant) -> Option<Dial> {
-        self.proxy.map(|_| SimProxy::dial(self.index, now + self.client.env.limits.connect_timeout))
+    /// Where the client's link started at `now` connects, and how it
+    /// reaches the server: through the pair's proxy, to the first of two
+    /// addresses of a name (`first`, if the pair moves on), or directly.
+    pub(super) fn dial(&self, now: Instant, first: bool) -> (SocketAddr, Option<Dial>) {
+        let deadline = now + self.client.env.limits.connect_timeout;
+        if self.proxy.is_some() {
+            return (SimProxy::addr(), Some(SimProxy::dial(self.index, deadline)));
+        }
+        if self.moves_on.is_none() {
+            return (server_addr(self.index), None);
+        }
+        let target = format!("pair{}.sim:{}", self.index, server_addr(self.index).port());
+        let target = target.parse().expect("a valid name");
+        match first {
+            true => (
+                dead_addr(self.index),
+                Some(Dial { target, deadline, rest: vec![server_addr(self.index)], tunnel: None }),
+            ),
+            // A retry goes back to the address reached, as the reactor's `close` does.
+            false => (server_addr(self.index), Some(Dial { target, deadline, rest: Vec::new(), tunnel: None })),
+        }
     }
 
     /// Opens the client's link (connecting).
     pub(super) fn start(&mut self, rng: &mut Rng) {
         let codec = self.client.factory.make(Direction::Outbound, &server_addr(self.index).into());
         let gate = Arc::new(gate(self.client.max_in_flight));
+        let (remote, dial) = self.dial(self.t0, true);
         let link = Link::new(
             CLIENT_ID,
             Direction::Outbound,
-            server_addr(self.index),
+            remote,
             None,
             codec,
             gate,
             VecDeque::new(),
             rng.bytes32(),
-            self.dial(self.t0),
+            dial,
             &mut self.client.env.cx(),
         )
         .unwrap_or_else(|e| self.fail(format!("client link refused to start: {e:?}")));
@@ -169,7 +193,12 @@ impl<P: Wire> Pair<P> {
     pub(super) fn step(&mut self, now: Instant, rng: &mut Rng) {
         if self.pending_connect.is_some_and(|at| at <= now) {
             self.pending_connect = None;
-            if !self.connect_fails(now, rng) {
+            if let Some(kind) = self.moves_on.filter(|_| !self.moved_on) {
+                self.note(now, format!("the connect to the first address fails: {kind:?}"));
+                let i = self.client.slots.len() - 1;
+                let error = super::net::injected(kind);
+                self.close(Who::Client, i, End::Reason(DisconnectReason::Io(error)), now, rng);
+            } else if !self.connect_fails(now, rng) {
                 self.accept(now, rng);
             }
         }
@@ -260,16 +289,17 @@ impl<P: Wire> Pair<P> {
                 if carried != expected {
                     self.fail(format!("retry carried {carried:x?}, expected every accepted message {expected:x?}"));
                 }
+                let (remote, dial) = self.dial(now, false);
                 let mut link = Link::new(
                     id,
                     Direction::Outbound,
-                    server_addr(self.index),
+                    remote,
                     None,
                     codec,
                     gate,
                     held,
                     rng.bytes32(),
-                    self.dial(now),
+                    dial,
                     &mut self.client.env.cx(),
                 )
                 .unwrap_or_else(|e| self.fail(format!("retry refused to start: {e:?}")));
@@ -281,7 +311,40 @@ impl<P: Wire> Pair<P> {
                 self.pending_connect = Some(now + ms(rng.range(1, 200)));
                 self.note(now, format!("client retries as v1 with {} held, after_flush {after_flush}", carried.len()));
             }
-            Closed::Next { addr, dial, .. } => self.fail(format!("{who:?} link {id} moved on to {addr}: {dial:?}")),
+            Closed::Next { addr, dial, held, after_flush } => {
+                if who != Who::Client || self.moves_on.is_none() || self.moved_on || addr != server_addr(self.index) {
+                    self.fail(format!("{who:?} link {id} moved on to {addr}: {dial:?}"));
+                }
+                if self.client.env.sink.list.len() != before {
+                    self.fail("moving on emitted events");
+                }
+                self.moved_on = true;
+                // As the reactor's `connect`: the next address, the same gate, held
+                // messages and a flushed close carried over.
+                let codec = self.client.factory.make(Direction::Outbound, &dial.target);
+                let mut cx = self.client.env.cx();
+                let mut link = Link::new(
+                    id,
+                    Direction::Outbound,
+                    addr,
+                    None,
+                    codec,
+                    gate,
+                    VecDeque::new(),
+                    rng.bytes32(),
+                    Some(dial),
+                    &mut cx,
+                )
+                .unwrap_or_else(|e| self.fail(format!("the next address refused to start: {e:?}")));
+                let carried = held.len();
+                link.hold(held);
+                if after_flush {
+                    link.close_after_flush(&mut self.client.env.cx());
+                }
+                self.client.slots.push(Slot { link, conn: None });
+                self.pending_connect = Some(now + ms(rng.range(1, 200)));
+                self.note(now, format!("client moves on to {addr} with {carried} held, after_flush {after_flush}"));
+            }
         }
     }
 
@@ -414,6 +477,7 @@ impl<P: Wire> Run for Pair<P> {
                 _ => [0; 4],
             },
             flukes: self.conns.iter().map(|c| c.c2s.flukes + c.s2c.flukes).sum(),
+            moved_on: usize::from(self.moved_on),
         }
     }
     fn describe(&self) -> String {
@@ -441,6 +505,8 @@ pub(super) struct Summary {
     pub(super) faults: [usize; 4],
     /// Benign faults (`Interrupted`, spurious `WouldBlock`) returned.
     pub(super) flukes: usize,
+    /// Clients that moved on to a name's next address.
+    pub(super) moved_on: usize,
 }
 
 impl std::ops::AddAssign for Summary {
@@ -455,5 +521,6 @@ impl std::ops::AddAssign for Summary {
             *total += n;
         }
         self.flukes += other.flukes;
+        self.moved_on += other.moved_on;
     }
 }
