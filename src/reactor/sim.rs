@@ -17,7 +17,9 @@
 //! server that cannot take the accepted connection, a read or a write that
 //! fails (or a write that returns 0), with the other side seeing the socket
 //! closed or reset. Another 15% of pairs meet benign faults (`Interrupted`
-//! reads and writes, reads that find nothing), which must change nothing.
+//! reads and writes, reads that find nothing), and 10% of direct clients
+//! dial a name whose first address fails (the link moves on to the next):
+//! both must change nothing.
 //! Writes are partial (random sizes, random pipe capacities), and reads
 //! are attempted every round whether or not bytes are there (spurious
 //! readiness: `WouldBlock`). v1, v2 and v2-preferred codecs are mixed,
@@ -36,6 +38,10 @@
 //! seed is printed on failure). `PEERLINK_SIM_SEEDS=<count>` runs that many
 //! seeds from 1, and `PEERLINK_SIM_RANDOM=1` adds one seed from the clock;
 //! without either the fixed seeds run, so CI stays deterministic.
+//!
+//! Fuzzing: `cargo fuzz` builds this module too (`--cfg fuzzing`), and the
+//! `sim` target runs [`fuzz`]: a world of 1 to 8 pairs whose every draw
+//! comes from the input.
 
 mod build;
 mod check;
