@@ -40,7 +40,7 @@
 //! without either the fixed seeds run, so CI stays deterministic.
 //!
 //! Fuzzing: `cargo fuzz` builds this module too (`--cfg fuzzing`), and the
-//! `sim` target runs [`fuzz`]: a world of 1 to 8 pairs whose every draw
+//! `sim` target runs `fuzz`: a world of 1 to 8 pairs whose every draw
 //! comes from the input.
 
 mod build;
