@@ -119,17 +119,7 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, drawn: bo
     let client = new_side(Who::Client, proto(), sides.config(Who::Client, policies.0, rng), t0);
     let server = new_side(Who::Server, proto(), sides.config(Who::Server, policies.1, rng), t0);
     let at = t0 + ms(rng.range(200, 4_000));
-    let who = if rng.chance(50) { Who::Client } else { Who::Server };
-    let mut ending = match story % 10 {
-        _ if unreachable => Ending::Unreachable,
-        0 | 6 => Ending::Flush { who: Who::Client, at, early: !fallback && rng.chance(50) },
-        1 | 7 => Ending::Flush { who: Who::Server, at, early: false },
-        2 | 8 => Ending::Drop { who, at, rst: false },
-        3 => Ending::Drop { who, at, rst: true },
-        4 => Ending::Corrupt { who: Who::Client, at },
-        5 => Ending::Corrupt { who: Who::Server, at },
-        _ => Ending::Corrupt { who, at },
-    };
+    let mut ending = ending(story, at, fallback, rng);
     // Drawn last, so the other parameters of each seed stay as they were.
     let proxy = rng.chance(30).then(|| SimProxy { password: rng.chance(50) });
     // Some pairs end by an injected fault instead; some meet benign ones.
@@ -140,26 +130,10 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, drawn: bo
         pipe_params.flaky = rng.range(2, 20);
     }
     let moves_on = (proxy.is_none() && !unreachable && rng.chance(MOVES_ON_PERCENT)).then(|| rng.pick(&CONNECT_KINDS));
-    let label = format!(
-        "{} {}->{}{}{} {profile:?} pipe {pipe_params:?} limits {}/{} in-flight {}/{} ending {ending:?}",
-        if raw { "raw" } else { "session" },
-        policies.0,
-        policies.1,
-        match proxy {
-            Some(SimProxy { password: true }) => " via proxy (password)",
-            Some(SimProxy { password: false }) => " via proxy",
-            None => "",
-        },
-        moves_on.map(|kind| format!(" (first address fails: {kind:?})")).unwrap_or_default(),
-        client.env.limits.send_buffer,
-        server.env.limits.send_buffer,
-        client.max_in_flight,
-        server.max_in_flight,
-    );
     let mut pair = Pair {
         index,
         proxy,
-        label,
+        label: String::new(),
         client,
         server,
         conns: Vec::new(),
@@ -179,8 +153,54 @@ fn build<P: Wire>(index: usize, rng: &mut Rng, t0: Instant, raw: bool, drawn: bo
         t0,
         trace: Vec::new(),
     };
+    pair.label = label(&pair, raw, policies, profile);
     pair.start(rng);
     pair
+}
+
+/// How the pair's story ends, by `story` (0 to 19; 9 is an unreachable
+/// server).
+fn ending(story: usize, at: Instant, fallback: bool, rng: &mut Rng) -> Ending {
+    let who = if rng.chance(50) { Who::Client } else { Who::Server };
+    match story % 10 {
+        _ if story == 9 => Ending::Unreachable,
+        0 | 6 => Ending::Flush { who: Who::Client, at, early: !fallback && rng.chance(50) },
+        1 | 7 => Ending::Flush { who: Who::Server, at, early: false },
+        2 | 8 => Ending::Drop { who, at, rst: false },
+        3 => Ending::Drop { who, at, rst: true },
+        4 => Ending::Corrupt { who: Who::Client, at },
+        5 => Ending::Corrupt { who: Who::Server, at },
+        _ => Ending::Corrupt { who, at },
+    }
+}
+
+/// What a failure message says about the pair's configuration.
+fn label<P: Wire>(pair: &Pair<P>, raw: bool, policies: (TransportPolicy, TransportPolicy), profile: Profile) -> String {
+    let (c, s) = (&pair.client, &pair.server);
+    let ending = match pair.ending {
+        Ending::Flush { who, at, early } => format!("{who:?} flushes at {:?} (early {early})", at - pair.t0),
+        Ending::Drop { who, at, rst } => format!("{who:?} drops at {:?} (rst {rst})", at - pair.t0),
+        Ending::Corrupt { who, at } => format!("{who:?} corrupts at {:?}", at - pair.t0),
+        Ending::Unreachable => "unreachable".to_string(),
+        Ending::Fault { fault, at } => format!("{fault:?} at {:?}", at - pair.t0),
+    };
+    format!(
+        "{} {}->{}{}{} {profile:?} pipe {:?} limits {}/{} in-flight {}/{} ending {ending}",
+        if raw { "raw" } else { "session" },
+        policies.0,
+        policies.1,
+        match pair.proxy {
+            Some(SimProxy { password: true }) => " via proxy (password)",
+            Some(SimProxy { password: false }) => " via proxy",
+            None => "",
+        },
+        pair.moves_on.map(|kind| format!(" (first address fails: {kind:?})")).unwrap_or_default(),
+        pair.pipe_params,
+        c.env.limits.send_buffer,
+        s.env.limits.send_buffer,
+        c.max_in_flight,
+        s.max_in_flight,
+    )
 }
 
 /// The pipes of a pair's connections, by its profile.
