@@ -121,6 +121,20 @@ pub use session::{Mode, SessionConfig, SessionError};
 pub use stack::{Bitcoin, Framed, LinkInfo, Stack};
 pub use target::{Target, TargetError};
 
+/// Entry points for the fuzz targets, built only by `cargo fuzz` (which
+/// passes `--cfg fuzzing`). Not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Runs the deterministic simulation of connection pairs (real links of
+    /// both sides over an in-memory network, with injected faults) that
+    /// `data` describes, and checks every pair's outcome: panics if one is
+    /// wrong, or if the simulated world hangs.
+    pub fn simulate(data: &[u8]) {
+        crate::reactor::sim::fuzz(data);
+    }
+}
+
 /// Starts a reactor that speaks the Bitcoin wire format on `config.magic`'s
 /// network, in `config.mode` (session mode by default).
 pub fn start(config: Config) -> Result<Handle, StartError> {

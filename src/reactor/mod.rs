@@ -14,8 +14,9 @@ mod outbound;
 mod outbox;
 mod rxbuf;
 pub(crate) mod shared;
-#[cfg(test)]
-mod sim;
+// Also built for `cargo fuzz` (`--cfg fuzzing`): the `sim` fuzz target runs it.
+#[cfg(any(test, fuzzing))]
+pub(crate) mod sim;
 mod slot;
 #[cfg(test)]
 mod tests;
