@@ -67,9 +67,11 @@ use peerlink::session::{
     WTXID_RELAY_VERSION,
 };
 use peerlink::wire::Command;
-use peerlink::wire::payload::{self, KNOWN_COMMANDS};
+use peerlink::wire::payload;
 
 mod common;
+
+use common::COMMANDS;
 
 /// Our protocol version: 70016 (the default), then older ones.
 const PROTOCOL_VERSIONS: [u32; 4] = [70016, 70015, 70017, 60002];
@@ -115,21 +117,6 @@ const PEER_NONCE: u64 = 0xdead_beef_cafe_f00d;
 const OTHER_NONCE: u64 = 0x0123_4567_89ab_cdef;
 
 static T0: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// Every command peerlink decodes to a typed message, then unknown ones.
-const COMMANDS: [&str; 40] = {
-    let mut all = [""; 40];
-    let mut i = 0;
-    while i < KNOWN_COMMANDS.len() {
-        all[i] = KNOWN_COMMANDS[i];
-        i += 1;
-    }
-    all[36] = "sendtemplate";
-    all[37] = "";
-    all[38] = "Ping";
-    all[39] = "x y~";
-    all
-};
 
 fn remote() -> SocketAddr {
     SocketAddr::from(([192, 0, 2, 7], 8333))

@@ -21,29 +21,15 @@
 
 mod common;
 
+use common::COMMANDS;
+
 use bitcoin::p2p::Magic;
 use bitcoin::p2p::message::NetworkMessage;
 use libfuzzer_sys::fuzz_target;
 use peerlink::codec::{Codec, Decoded};
 use peerlink::wire::V1Codec;
-use peerlink::wire::payload::KNOWN_COMMANDS;
 use peerlink::wire::v1::{HEADER_LEN, checksum};
 
-/// Every command peerlink decodes to a typed message, then a few unknown ones.
-const COMMANDS: [&str; 40] = {
-    let mut all = [""; 40];
-    let mut i = 0;
-    while i < KNOWN_COMMANDS.len() {
-        all[i] = KNOWN_COMMANDS[i];
-        i += 1;
-    }
-    // Unknown commands: passed through as `NetworkMessage::Unknown`.
-    all[36] = "sendtemplate";
-    all[37] = "";
-    all[38] = "Ping";
-    all[39] = "x y~";
-    all
-};
 const KNOWN: usize = 36;
 
 fn padded(command: &str) -> [u8; 12] {

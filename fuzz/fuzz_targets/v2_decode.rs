@@ -40,6 +40,8 @@
 
 mod common;
 
+use common::COMMANDS;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -49,29 +51,12 @@ use bitcoin::secp256k1::ellswift::ElligatorSwift;
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use libfuzzer_sys::fuzz_target;
 use peerlink::codec::{Codec, Decoded, Start, Transport};
-use peerlink::wire::payload::KNOWN_COMMANDS;
 use peerlink::wire::v2::cipher::{self, PacketCipher, SessionKeys};
 use peerlink::wire::v2::{KEY_LEN, V2Codec};
 use peerlink::wire::{Command, WireError, payload};
 
 const MAGIC: Magic = Magic::REGTEST;
 const RECEIVER_ENTROPY: [u8; 32] = [0x11; 32];
-
-/// Every command peerlink decodes to a typed message, then a few unknown ones.
-const COMMANDS: [&str; 40] = {
-    let mut all = [""; 40];
-    let mut i = 0;
-    while i < KNOWN_COMMANDS.len() {
-        all[i] = KNOWN_COMMANDS[i];
-        i += 1;
-    }
-    // Unknown commands: passed through as `NetworkMessage::Unknown`.
-    all[36] = "sendtemplate";
-    all[37] = "";
-    all[38] = "Ping";
-    all[39] = "x y~";
-    all
-};
 
 fn padded(command: &str) -> [u8; 12] {
     let mut raw = [0u8; 12];

@@ -96,6 +96,24 @@ impl Limits {
     }
 }
 
+#[cfg(any(test, fuzzing))]
+impl Limits {
+    /// For the link tests and the simulation: timeouts that are all
+    /// different (so each knows which fires first), caps out of the way.
+    pub(crate) fn distinct_timeouts(send_buffer: usize) -> Limits {
+        Limits {
+            send_buffer,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(120),
+            receive_buffer: 5_000_000,
+            max_outbound: 1000,
+            max_pending_connects: 1000,
+        }
+    }
+}
+
 /// A small stack of spare buffers shared by all links.
 #[derive(Default)]
 pub(crate) struct Pool(Vec<Vec<u8>>);

@@ -219,9 +219,10 @@ fn tag_of(message: &NetworkMessage) -> Option<u64> {
     }
 }
 
-/// A transaction tagged in its first input's txid, with a `script_len`-byte
-/// output script.
-fn tx(tag: u64, script_len: usize) -> NetworkMessage {
+/// A transaction tagged in its first input's txid (its first 8 bytes, the
+/// rest zero), with a `script_len`-byte output script: the simulation's
+/// messages, and the link tests'.
+pub(super) fn tx(tag: u64, script_len: usize) -> NetworkMessage {
     let mut prev = [0u8; 32];
     prev[..8].copy_from_slice(&tag.to_le_bytes());
     NetworkMessage::Tx(Transaction {

@@ -19,7 +19,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::p2p::Magic;
 use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::message_blockdata::Inventory;
-use bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
+use bitcoin::{BlockHash, Network};
 
 use super::link::{Closed, Ctx, End, LINGER, Limits, Link, Pool, State};
 use super::shared::{Closed as GateClosed, Gate, Shared};
@@ -54,16 +54,7 @@ fn local() -> SocketAddr {
 
 /// Timeouts that are all different, so each test knows which fires first.
 fn limits() -> Limits {
-    Limits {
-        send_buffer: 1_000_000,
-        connect_timeout: Duration::from_secs(5),
-        handshake_timeout: Duration::from_secs(30),
-        stall_timeout: Duration::from_secs(60),
-        frame_timeout: Duration::from_secs(120),
-        receive_buffer: 5_000_000,
-        max_outbound: 1000,
-        max_pending_connects: 1000,
-    }
+    Limits::distinct_timeouts(1_000_000)
 }
 
 /// What the reactor keeps besides the link, with a fake clock: `now` is
@@ -189,26 +180,8 @@ fn decode_v1(mut bytes: &[u8]) -> Vec<NetworkMessage> {
 }
 
 /// A transaction whose size is mostly one output script of `script_len`
-/// bytes; `tag` is the first input's previous txid (its first 8 bytes, the
-/// rest zero).
-pub(super) fn tx(tag: u64, script_len: usize) -> NetworkMessage {
-    let mut prev = [0u8; 32];
-    prev[..8].copy_from_slice(&tag.to_le_bytes());
-    NetworkMessage::Tx(Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint { txid: Txid::from_byte_array(prev), vout: 0 },
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: Amount::from_sat(1),
-            script_pubkey: ScriptBuf::from_bytes(vec![0x6a; script_len]),
-        }],
-    })
-}
+/// bytes, tagged in its first input (the simulation's).
+pub(super) use super::sim::tx;
 
 fn inv(tag: u64) -> NetworkMessage {
     let mut hash = [0u8; 32];

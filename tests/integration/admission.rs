@@ -16,7 +16,7 @@ use crate::common::*;
 /// message that never completes, and never reads.
 fn stalled_peer(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
-    let version = NetworkMessage::Version(crate::v2::version_message_for_tests());
+    let version = NetworkMessage::Version(version_message());
     let mut bytes = encode(NET, &version);
     bytes.extend_from_slice(&encode(NET, &NetworkMessage::Ping(7))[..10]);
     write_all(&mut s, &bytes);
@@ -68,7 +68,7 @@ fn five_hundred_stalled_connections_do_not_lock_out_a_good_peer() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(1);
     let mut good = TcpStream::connect(addr).unwrap();
-    let version = NetworkMessage::Version(crate::v2::version_message_for_tests());
+    let version = NetworkMessage::Version(version_message());
     write_all(&mut good, &encode(NET, &version));
     read_until(&mut good, deadline, |m| matches!(m, NetworkMessage::Verack).then_some(()));
     write_all(&mut good, &encode(NET, &NetworkMessage::Verack));

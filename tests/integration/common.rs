@@ -149,3 +149,20 @@ pub fn big_tx(size: usize) -> bitcoin::Transaction {
         }],
     }
 }
+
+/// A minimal `version` for raw peers (no services, no relay).
+pub fn version_message() -> bitcoin::p2p::message_network::VersionMessage {
+    use bitcoin::p2p::{Address, ServiceFlags};
+    let any = localhost();
+    bitcoin::p2p::message_network::VersionMessage {
+        version: 70016,
+        services: ServiceFlags::NONE,
+        timestamp: 0,
+        receiver: Address::new(&any, ServiceFlags::NONE),
+        sender: Address::new(&any, ServiceFlags::NONE),
+        nonce: 1,
+        user_agent: "/test/".into(),
+        start_height: 0,
+        relay: false,
+    }
+}

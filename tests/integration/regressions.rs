@@ -242,7 +242,7 @@ fn ping_flood_with_a_slow_reader_cannot_grow_our_send_queue() {
     let mut raw = TcpStream::connect(addr).unwrap();
     raw.set_read_timeout(Some(WAIT)).unwrap();
     // Handshake by hand, then pings that we never read the answers of.
-    let version = crate::v2::version_message_for_tests();
+    let version = version_message();
     write_all(&mut raw, &encode(NET, &NetworkMessage::Version(version)));
     write_all(&mut raw, &encode(NET, &NetworkMessage::Verack));
     let peer = wait_for(&server, |e| match e {

@@ -213,23 +213,3 @@ fn wrong_network_v1_version_is_refused_during_detection() {
     });
     assert!(matches!(reason, DisconnectReason::Codec(WireError::BadMagic { .. })), "{reason:?}");
 }
-
-pub fn version_message_for_tests() -> bitcoin::p2p::message_network::VersionMessage {
-    version_message()
-}
-
-fn version_message() -> bitcoin::p2p::message_network::VersionMessage {
-    use bitcoin::p2p::{Address, ServiceFlags};
-    let any = localhost();
-    bitcoin::p2p::message_network::VersionMessage {
-        version: 70016,
-        services: ServiceFlags::NONE,
-        timestamp: 0,
-        receiver: Address::new(&any, ServiceFlags::NONE),
-        sender: Address::new(&any, ServiceFlags::NONE),
-        nonce: 1,
-        user_agent: "/test/".into(),
-        start_height: 0,
-        relay: false,
-    }
-}

@@ -9,22 +9,6 @@ use bitcoin::p2p::message::NetworkMessage;
 
 use crate::common::*;
 
-pub fn version_message() -> bitcoin::p2p::message_network::VersionMessage {
-    use bitcoin::p2p::{Address, ServiceFlags};
-    let any = localhost();
-    bitcoin::p2p::message_network::VersionMessage {
-        version: 70016,
-        services: ServiceFlags::NONE,
-        timestamp: 0,
-        receiver: Address::new(&any, ServiceFlags::NONE),
-        sender: Address::new(&any, ServiceFlags::NONE),
-        nonce: 1,
-        user_agent: "/test/".into(),
-        start_height: 0,
-        relay: false,
-    }
-}
-
 /// The process's resident set, in KiB.
 pub fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

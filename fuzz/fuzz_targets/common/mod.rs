@@ -17,3 +17,20 @@ pub fn take_record<'a>(body: &mut &'a [u8], wide: bool) -> Option<&'a [u8]> {
     *body = rest;
     Some(payload)
 }
+
+/// Every command peerlink decodes to a typed message, then a few unknown
+/// ones (passed through as `NetworkMessage::Unknown`).
+pub const COMMANDS: [&str; 40] = {
+    let known = peerlink::wire::payload::KNOWN_COMMANDS;
+    let mut all = [""; 40];
+    let mut i = 0;
+    while i < known.len() {
+        all[i] = known[i];
+        i += 1;
+    }
+    all[36] = "sendtemplate";
+    all[37] = "";
+    all[38] = "Ping";
+    all[39] = "x y~";
+    all
+};

@@ -240,16 +240,7 @@ impl Sides {
         let (schedule, next_seq) = schedule(rng, self.index, who, self.raw, big, budget, self.t0);
         SideConfig {
             policy,
-            limits: Limits {
-                send_buffer,
-                connect_timeout: Duration::from_secs(5),
-                handshake_timeout: Duration::from_secs(30),
-                stall_timeout: Duration::from_secs(60),
-                frame_timeout: Duration::from_secs(120),
-                receive_buffer: 5_000_000,
-                max_outbound: 1000,
-                max_pending_connects: 1000,
-            },
+            limits: Limits::distinct_timeouts(send_buffer),
             max_in_flight: rng.pick(&[2, 3, 8, 1024]),
             schedule,
             next_seq,
