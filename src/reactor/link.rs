@@ -1075,6 +1075,12 @@ where
     /// Why a connection that never reached the peer failed. Through a
     /// proxy the error names the proxy and the stage.
     fn connect_error(&mut self, end: End<P::Stack>, timeout: std::time::Duration) -> ConnectError {
+        // Banned while connecting (Handle::ban): say so, as a new connect would.
+        if matches!(end, End::Reason(DisconnectReason::Banned))
+            && let Some(addr) = self.peer_ip()
+        {
+            return ConnectError::Banned { addr };
+        }
         #[cfg(feature = "socks")]
         if let Some(tunnel) = self.tunnel() {
             use crate::socks5::{ProxyError, ProxyFailure, Socks5Error};

@@ -339,3 +339,21 @@ fn misbehaving_peers_are_banned_when_configured_and_slow_ones_are_not() {
     assert!(read_to_close(&mut refused).is_empty(), "closed at accept");
     assert_eq!(server.reactor_stats().inbound_refused_banned, 1);
 }
+
+/// A connect still under way when its address is banned fails with the
+/// ban as its reason (here it hangs with a proxy that never answers).
+#[cfg(feature = "socks")]
+#[test]
+fn a_pending_connect_to_a_newly_banned_address_fails_with_the_ban() {
+    let silent = std::net::TcpListener::bind(localhost()).unwrap();
+    let mut config = raw_config();
+    config.proxy = Some(peerlink::socks5::Proxy::new(silent.local_addr().unwrap()));
+    let client = peerlink::start(config).unwrap();
+    let target: SocketAddr = "127.0.0.1:8333".parse().unwrap();
+    let pending = client.connect(target).unwrap();
+    // Answered after the connect command: the link exists, connecting.
+    assert!(client.peers().unwrap().is_empty());
+    client.ban(peerlink::ban::Subnet::host(target.ip()), Duration::from_secs(60)).unwrap();
+    let error = connect_failure(&client, pending);
+    assert!(matches!(error, peerlink::ConnectError::Banned { addr } if addr == target.ip()), "{error:?}");
+}
