@@ -64,6 +64,12 @@ fn structured(mut body: &[u8]) -> Vec<u8> {
 }
 
 fn check_round_trip(codec: &V1Codec, message: &NetworkMessage, original: &[u8]) {
+    // A `version` without its relay byte is written back with it: one byte
+    // more, which a payload limit set to its length would refuse.
+    let codec = match message {
+        NetworkMessage::Version(_) => V1Codec::new(Magic::REGTEST),
+        _ => codec.clone(),
+    };
     let mut encoder = codec.clone();
     let mut bytes = Vec::new();
     encoder.encode(message, &mut bytes).expect("a decoded message re-encodes within the same limit");
