@@ -54,9 +54,11 @@
 //!    answers the `ping` itself with a `pong`, which goes back through steps
 //!    2–3; in raw mode, or for messages the session does not handle, the
 //!    result goes out as [`Event::Message`] on a bounded channel. If the
-//!    channel is full the reactor stops reading sockets, and TCP slows the
-//!    senders, until [`Handle::recv`] makes room. Any violation disconnects
-//!    that peer alone, with a typed [`DisconnectReason`].
+//!    channel is full, or its messages hold [`Config::event_bytes_limit`]
+//!    bytes, the reactor stops reading sockets, and TCP slows the senders,
+//!    until [`Handle::recv`] makes room. Any violation disconnects that peer
+//!    alone, with a typed [`DisconnectReason`] whose
+//!    [`fault`](DisconnectReason::fault) says whether a ban is justified.
 //!
 //! Over BIP324 v2 (the default when the peer supports it) steps 2 and 5 are
 //! the same but for the framing: the message is written as a short message
@@ -73,6 +75,14 @@
 //! after the proxy's reply are the peer's first. [`Handle::connect`] takes
 //! a [`Target`]: a socket address, a host name (resolved by the proxy, or
 //! without one off the reactor thread) or an onion service.
+//!
+//! Before an inbound connection gets a link, admission runs at accept: a
+//! banned address ([`Handle::ban`]) or one over its per-source cap is
+//! closed at once, and with every slot taken ([`Config::max_inbound`]) a
+//! peer is evicted by Bitcoin Core's rule ([`DisconnectReason::Evicted`]).
+//! The worst-case memory per peer and in total is in the README; an
+//! optional [`Config::memory_budget`] caps the buffers of all peers
+//! together.
 //!
 //! Every timer of a connection (connect, stall, frame, transport handshake,
 //! session deadlines, linger) sits in its link's one timer table; the
