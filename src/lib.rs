@@ -100,6 +100,7 @@ pub mod ban;
 pub mod broadcast;
 pub mod codec;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod event;
 pub mod handle;
