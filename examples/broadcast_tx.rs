@@ -1,11 +1,17 @@
 //! Broadcasts one transaction with the one-shot API and leaves.
 //!
 //! ```text
-//! cargo run --example broadcast_tx -- --network NET --peer PEER [--peer PEER ...] [--timeout SECS]
-//!     [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
+//! cargo run --example broadcast_tx -- --network NET [--peer PEER ... | [--seed HOST[:PORT] ...] [--peers N]]
+//!     [--timeout SECS] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
 //! ```
 //!
 //! Each `PEER` is `IP:PORT`, `[IPV6]:PORT`, `HOST:PORT` or `NAME.onion:PORT`.
+//! Without `--peer` the transaction goes to `N` peers (default 4) that an
+//! outbound pool finds (`peerlink::broadcast::to_network_with`): from the
+//! `--seed`s (each `HOST[:PORT]`, looked up or, with `--proxy`, reached
+//! through the proxy), else the network's DNS seeds, else its fixed seeds.
+//! Each peer line then says how the peer was found: `found=seed seed=HOST`,
+//! `found=book` (learned from another peer's `addr`) or `found=fixed`.
 //! `--proxy` sends every connection through a SOCKS5 proxy (Bitcoin Core's
 //! `-proxy`), which then also resolves host names: nothing connects
 //! directly, the v2-to-v1 fallback retry included. `--onion-proxy` is the
@@ -35,12 +41,15 @@ use peerlink::Config;
 use peerlink::broadcast::DeliveryKind;
 use peerlink::error::Report;
 
-const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest --peer PEER [--peer PEER ...] [--timeout SECS] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
-  PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT";
+const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest [--peer PEER ... | [--seed HOST[:PORT] ...] [--peers N]] [--timeout SECS] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
+  PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT
+  without --peer, N peers (default 4) are found through the seeds (--seed, else the network's DNS seeds, else its fixed seeds)";
 
 struct Args {
     network: bitcoin::Network,
     peers: Vec<Target>,
+    seeds: Vec<String>,
+    count: Option<usize>,
     proxies: common::Proxies,
     timeout: Duration,
     tx: Transaction,
@@ -49,6 +58,8 @@ struct Args {
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut network = None;
     let mut peers = Vec::new();
+    let mut seeds = Vec::new();
+    let mut count = None;
     let mut proxies = common::Proxies::default();
     let mut timeout = Duration::from_secs(30);
     let mut tx = None;
@@ -61,6 +72,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--peer" => {
                 let v = common::value(&mut args, "--peer")?;
                 peers.push(common::target("--peer address", &v)?);
+            }
+            "--seed" => seeds.push(common::seed(&common::value(&mut args, "--seed")?)?),
+            "--peers" => {
+                let v = common::value(&mut args, "--peers")?;
+                let n: usize = v.parse().map_err(|_| format!("bad --peers value {v:?}"))?;
+                if n == 0 {
+                    return Err("--peers must be at least 1".into());
+                }
+                count = Some(n);
             }
             "--timeout" => {
                 let v = common::value(&mut args, "--timeout")?;
@@ -79,10 +99,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     let network = network.ok_or("--network is required")?;
-    if peers.is_empty() {
-        return Err("at least one --peer is required".into());
+    if !peers.is_empty() && (!seeds.is_empty() || count.is_some()) {
+        return Err("--peer excludes --seed and --peers".into());
     }
-    Ok(Args { network, peers, proxies, timeout, tx: tx.ok_or("TX_HEX is required")? })
+    if peers.is_empty() && seeds.is_empty() && peerlink::discovery::seeds::dns_seeds(network).is_empty() {
+        return Err(format!("{network} has no DNS seeds: give --peer or --seed"));
+    }
+    Ok(Args { network, peers, seeds, count, proxies, timeout, tx: tx.ok_or("TX_HEX is required")? })
 }
 
 fn main() -> ExitCode {
@@ -98,7 +121,14 @@ fn main() -> ExitCode {
     config.session.user_agent_name = Some("broadcast_tx".into());
     config.session.relay = false;
     args.proxies.apply(&mut config);
-    let outcomes = match peerlink::broadcast::broadcast(config, &args.tx, &args.peers, args.timeout) {
+    let result = if args.peers.is_empty() {
+        let pool = common::pool_config(args.network, &args.seeds);
+        let count = args.count.unwrap_or(4);
+        peerlink::broadcast::to_network_with(config, pool, &args.tx, count, args.timeout)
+    } else {
+        peerlink::broadcast::broadcast(config, &args.tx, &args.peers, args.timeout)
+    };
+    let outcomes = match result {
         Ok(o) => o,
         Err(e) => {
             println!("error: {}", Report(&e));
@@ -120,18 +150,20 @@ fn main() -> ExitCode {
                     }
                 };
                 println!(
-                    "peer={}{} result={result} ua={:?} announced_by={} elapsed={:.3}s",
+                    "peer={}{}{} result={result} ua={:?} announced_by={} elapsed={:.3}s",
                     outcome.target,
                     args.proxies.describe(&outcome.target),
+                    found(outcome),
                     d.user_agent,
                     if d.by_wtxid { "wtxid" } else { "txid" },
                     d.elapsed.as_secs_f64()
                 );
             }
             Err(e) => println!(
-                "peer={}{} result=failed reason={}",
+                "peer={}{}{} result=failed reason={}",
                 outcome.target,
                 args.proxies.describe(&outcome.target),
+                found(outcome),
                 Report(e)
             ),
         }
@@ -139,4 +171,9 @@ fn main() -> ExitCode {
     let failed = outcomes.len() - sent - not_requested;
     println!("delivered={sent} not_requested={not_requested} failed={failed}");
     if sent + not_requested > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// ` found=...` for a peer the pool found, nothing for a given one.
+fn found(outcome: &peerlink::broadcast::Outcome) -> String {
+    outcome.origin.as_ref().map_or_else(String::new, |o| format!(" {}", common::found(o)))
 }

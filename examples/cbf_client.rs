@@ -1,7 +1,7 @@
 //! A BIP157/158 compact-block-filter light client sketch on top of peerlink.
 //!
 //! ```text
-//! cargo run --example cbf_client -- --network NET --peer PEER [--script HEX ...]
+//! cargo run --example cbf_client -- --network NET [--peer PEER | --seed HOST[:PORT] ...] [--script HEX ...]
 //!     [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
 //! ```
 //!
@@ -13,7 +13,13 @@
 //!
 //! 1. Connects in session mode, requiring NODE_COMPACT_FILTERS: a peer that
 //!    does not advertise it is refused during the handshake and never sees a
-//!    BIP157 message.
+//!    BIP157 message. Without `--peer` it finds one with an outbound pool
+//!    (`peerlink::discovery`): from the `--seed`s (each `HOST[:PORT]`
+//!    looked up, or reached through the proxy), else the network's DNS
+//!    seeds with the `x49` service prefix, else the fixed seeds. The
+//!    `ready` line then says how the peer was found:
+//!    `found=seed seed=HOST`, `found=book` (learned from another peer) or
+//!    `found=fixed`.
 //! 2. Syncs the headers with `getheaders`, checking links and proof of work.
 //! 3. Fetches `cfcheckpt` and `cfheaders`, builds the filter-header chain and
 //!    verifies it against every checkpoint.
@@ -37,10 +43,12 @@ use bitcoin::p2p::message_blockdata::GetHeadersMessage;
 use bitcoin::p2p::message_filter::{GetCFCheckpt, GetCFHeaders, GetCFilters};
 use bitcoin::{BlockHash, ScriptBuf};
 use peerlink::error::Report;
+use peerlink::discovery::Pooled;
 use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError, Target};
 
-const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest --peer PEER [--script HEX ...] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
-  PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT";
+const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest [--peer PEER | --seed HOST[:PORT] ...] [--script HEX ...] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
+  PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT
+  without --peer, a peer with NODE_COMPACT_FILTERS is found through the seeds (--seed, else the network's DNS seeds)";
 /// BIP157: filter type 0 is the basic filter.
 const BASIC: u8 = 0;
 /// BIP157: at most 2,000 filter headers per `getcfheaders`.
@@ -55,13 +63,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Args {
     network: bitcoin::Network,
-    peer: Target,
+    peer: Option<Target>,
+    seeds: Vec<String>,
     proxies: common::Proxies,
     scripts: Vec<ScriptBuf>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let (mut network, mut peer, mut scripts) = (None, None, Vec::new());
+    let (mut network, mut peer, mut scripts, mut seeds) = (None, None, Vec::new(), Vec::new());
     let mut proxies = common::Proxies::default();
     while let Some(arg) = args.next() {
         if proxies.take(&arg, &mut args)? {
@@ -73,6 +82,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 let v = common::value(&mut args, "--peer")?;
                 peer = Some(common::target("--peer address", &v)?);
             }
+            "--seed" => seeds.push(common::seed(&common::value(&mut args, "--seed")?)?),
             "--script" => {
                 let v = common::value(&mut args, "--script")?;
                 scripts.push(ScriptBuf::from_hex(&v).map_err(|e| format!("bad --script hex {v:?}: {}", Report(&e)))?);
@@ -81,12 +91,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             s => return Err(format!("unexpected argument {s:?}")),
         }
     }
-    Ok(Args {
-        network: network.ok_or("--network is required")?,
-        peer: peer.ok_or("--peer is required")?,
-        proxies,
-        scripts,
-    })
+    let network = network.ok_or("--network is required")?;
+    if peer.is_some() && !seeds.is_empty() {
+        return Err("--peer and --seed exclude each other".into());
+    }
+    if peer.is_none() && seeds.is_empty() && peerlink::discovery::seeds::dns_seeds(network).is_empty() {
+        return Err(format!("{network} has no DNS seeds: give --peer or --seed"));
+    }
+    Ok(Args { network, peer, seeds, proxies, scripts })
 }
 
 fn main() -> ExitCode {
@@ -131,11 +143,81 @@ impl Client {
                         return Ok(t);
                     }
                 }
-                Ok(Event::Disconnected { reason, .. }) => {
+                Ok(Event::Disconnected { peer, reason }) if peer == self.peer => {
                     return Err(format!("peer disconnected: {}", Report(&reason)));
                 }
                 Ok(_) => {}
                 Err(_) => return Err(format!("no answer to {what} within {} s", REQUEST_TIMEOUT.as_secs())),
+            }
+        }
+    }
+}
+
+/// Connects to `target` and waits for the handshake.
+fn connect(config: Config, target: &Target) -> Result<(Handle, PeerId), String> {
+    let handle = peerlink::start(config).map_err(|e| Report(&e).to_string())?;
+    let peer = handle.connect(target.clone()).map_err(|e| Report(&e).to_string())?;
+    loop {
+        match handle.recv_timeout(Duration::from_secs(90)).map_err(|_| "no handshake within 90 s".to_string())? {
+            Event::Ready { info, .. } => {
+                let v = info.version.unwrap_or_else(|| unreachable!("ready peers have a version"));
+                println!(
+                    "ready peer={target}{} ua={:?} services={}",
+                    info.proxy.map_or_else(String::new, |p| format!(" proxy={p}")),
+                    v.user_agent,
+                    common::service_names(v.services)
+                );
+                return Ok((handle, peer));
+            }
+            Event::Disconnected {
+                reason: DisconnectReason::Protocol(SessionError::MissingServices { announced, .. }),
+                ..
+            } => {
+                return Err(format!(
+                    "refusing peer {target}: it does not advertise NODE_COMPACT_FILTERS (services={}); no BIP157 message was sent",
+                    common::service_names(announced)
+                ));
+            }
+            Event::Disconnected { reason, .. } => return Err(format!("handshake failed: {}", Report(&reason))),
+            Event::ConnectFailed { error, .. } => return Err(format!("connect failed: {}", Report(&error))),
+            _ => {}
+        }
+    }
+}
+
+/// Finds one peer with NODE_COMPACT_FILTERS through an outbound pool and
+/// prints how it was found. The pool keeps running only while it is
+/// driven: once we have the peer, the client talks to it on the handle.
+fn find(config: Config, args: &Args) -> Result<(Pooled, PeerId), String> {
+    let mut pool = common::pool_config(args.network, &args.seeds);
+    pool.outbound = 1;
+    pool.services |= ServiceFlags::COMPACT_FILTERS;
+    let mut net = Pooled::start(config, pool).map_err(|e| Report(&e).to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match net.recv_timeout(left) {
+            Ok(Event::Ready { peer, info }) => {
+                let Some(found) = net.pool().peer(peer).filter(|p| p.ready) else { continue };
+                let v = info.version.unwrap_or_else(|| unreachable!("ready peers have a version"));
+                println!(
+                    "ready peer={}{} ua={:?} services={} {}",
+                    found.target,
+                    info.proxy.map_or_else(String::new, |p| format!(" proxy={p}")),
+                    v.user_agent,
+                    common::service_names(v.services),
+                    common::found(&found.origin)
+                );
+                net.pool_mut().set_outbound(0);
+                return Ok((net, peer));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let stats = net.pool().stats();
+                return Err(format!(
+                    "no peer with NODE_COMPACT_FILTERS within 90 s ({} dials, {} failed, {} without the services)",
+                    stats.dials, stats.failures, stats.wrong_services
+                ));
             }
         }
     }
@@ -147,36 +229,17 @@ fn run(args: &Args) -> Result<(), String> {
     config.session.relay = false;
     config.session.required_services = ServiceFlags::COMPACT_FILTERS;
     args.proxies.apply(&mut config);
-    let handle = peerlink::start(config).map_err(|e| Report(&e).to_string())?;
-    let peer = handle.connect(args.peer.clone()).map_err(|e| Report(&e).to_string())?;
-    loop {
-        match handle.recv_timeout(Duration::from_secs(90)).map_err(|_| "no handshake within 90 s".to_string())? {
-            Event::Ready { info, .. } => {
-                let v = info.version.unwrap_or_else(|| unreachable!("ready peers have a version"));
-                println!(
-                    "ready peer={}{} ua={:?} services={}",
-                    args.peer,
-                    info.proxy.map_or_else(String::new, |p| format!(" proxy={p}")),
-                    v.user_agent,
-                    common::service_names(v.services)
-                );
-                break;
-            }
-            Event::Disconnected {
-                reason: DisconnectReason::Protocol(SessionError::MissingServices { announced, .. }),
-                ..
-            } => {
-                return Err(format!(
-                    "refusing peer {}: it does not advertise NODE_COMPACT_FILTERS (services={}); no BIP157 message was sent",
-                    args.peer,
-                    common::service_names(announced)
-                ));
-            }
-            Event::Disconnected { reason, .. } => return Err(format!("handshake failed: {}", Report(&reason))),
-            Event::ConnectFailed { error, .. } => return Err(format!("connect failed: {}", Report(&error))),
-            _ => {}
+    // The pool (when we searched) stays alive with the handle.
+    let (handle, peer, _pool) = match &args.peer {
+        Some(target) => {
+            let (handle, peer) = connect(config, target)?;
+            (handle, peer, None)
         }
-    }
+        None => {
+            let (net, peer) = find(config, args)?;
+            (net.handle().clone(), peer, Some(net))
+        }
+    };
     let client = Client { handle, peer };
 
     // 1. Headers.

@@ -31,6 +31,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::{Transaction, Txid, Wtxid};
 
+use crate::discovery::{Origin, PeerKind, PoolConfig, Pooled};
 use crate::error::RecvTimeoutError;
 use crate::event::{ConnectError, DisconnectReason, Event, PeerId, SendError};
 use crate::handle::{Disconnect, Refusal};
@@ -154,8 +155,11 @@ impl std::error::Error for BroadcastError {
 /// The result for one target.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The target, as given.
+    /// The target, as given (or as the pool found it).
     pub target: Target,
+    /// How the target was found, for a broadcast to the network
+    /// ([`to_network`]); `None` for a target given by the caller.
+    pub origin: Option<Origin>,
     /// `Ok` when the peer has processed our announcement and either took the
     /// transaction or did not need it; [`Delivered::kind`] tells which.
     pub result: Result<Delivered, BroadcastError>,
@@ -241,47 +245,15 @@ pub fn broadcast(
             Err(_) => machine.reactor_gone(),
         }
     }
-    // Messages the reactor refused while the peer's send buffer was full,
-    // in order, until its `Writable`.
-    let mut held: HashMap<PeerId, VecDeque<NetworkMessage>> = HashMap::new();
+    let mut out = Outbox::default();
     loop {
-        while let Some(action) = machine.poll_action() {
-            match action {
-                Action::Send(peer, message) => match held.get_mut(&peer) {
-                    Some(queue) => queue.push_back(message),
-                    None => match handle.send(peer, message) {
-                        Ok(()) => {}
-                        Err(refused) if refused.reason == Refusal::BufferFull => {
-                            held.entry(peer).or_default().push_back(refused.message);
-                        }
-                        Err(refused) if refused.reason == Refusal::ReactorGone => machine.reactor_gone(),
-                        // The peer is gone; its `Disconnected` follows.
-                        Err(_) => {}
-                    },
-                },
-                Action::Disconnect(peer) => {
-                    held.remove(&peer);
-                    let _ = handle.disconnect(peer, Disconnect::AfterFlush);
-                }
-            }
-        }
+        out.run(&mut machine, &handle);
         if machine.is_done() {
             break;
         }
         let wait = machine.poll_timeout().saturating_duration_since(Instant::now());
         match handle.recv_timeout(wait) {
-            Ok(Event::Writable { peer }) => {
-                let mut queue = held.remove(&peer).unwrap_or_default();
-                while let Some(message) = queue.pop_front() {
-                    if let Err(refused) = handle.send(peer, message) {
-                        if refused.reason == Refusal::BufferFull {
-                            queue.push_front(refused.message);
-                            held.insert(peer, queue);
-                        }
-                        break;
-                    }
-                }
-            }
+            Ok(Event::Writable { peer }) => out.writable(&handle, peer),
             Ok(event) => machine.handle_event(event, Instant::now()),
             Err(RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
@@ -303,6 +275,128 @@ pub fn broadcast(
     }
     handle.shutdown();
     Ok(machine.into_outcomes())
+}
+
+/// Broadcasts `tx` to `count` peers found on the network, as
+/// [`to_network_with`] with the pool's defaults for the chain of `config`
+/// ([`PoolConfig::new`]): DNS seeds (through the proxy if one is
+/// configured), then the fixed seeds.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex("0200000001aad73931018bd25f84ae400b68848be09db706eac2ac18298babee71ab656f8b0000000048473044022058f6fc7c6a33e1b31548d481c826c015bd30135aad42cd67790dab66d2ad243b02204a1ced2604c6735b6393e5b41691dd78b00f0c5942fb9f751856faa938157dba01feffffff0280f0fa020000000017a9140fb9463421696b82c833af241c78c17ddbde493487d0f20a270100000017a91429ca74f8a08f81999428185c97b5d852e4063f618765000000")?;
+/// let config = peerlink::Config::new(bitcoin::Network::Bitcoin);
+/// let outcomes = peerlink::broadcast::to_network(config, &tx, 4, std::time::Duration::from_secs(60))?;
+/// for o in &outcomes {
+///     let found = o.origin.as_ref().map_or("given".to_string(), |o| o.to_string());
+///     println!("{} ({found}): {:?}", o.target, o.result.as_ref().map(|d| d.kind));
+/// }
+/// # Ok(()) }
+/// ```
+pub fn to_network(config: Config, tx: &Transaction, count: usize, timeout: Duration) -> Result<Vec<Outcome>, StartError> {
+    let network = bitcoin::Network::from_magic(config.magic).unwrap_or(bitcoin::Network::Bitcoin);
+    to_network_with(config, PoolConfig::new(network), tx, count, timeout)
+}
+
+/// Broadcasts `tx` to `count` peers that an outbound pool ([`Pooled`],
+/// configured by `pool`) finds, each on its own connection, and returns
+/// by `timeout` one outcome per peer tried, in the order they were tried,
+/// each with how the peer was found ([`Outcome::origin`]).
+///
+/// A peer that fails (unreachable, refuses, times out) is replaced by the
+/// next one the pool finds, until `count` peers processed the
+/// announcement or the time is up. Each peer gets the same treatment as
+/// in [`broadcast`], from distinct network groups unless
+/// [`PoolConfig::distinct_groups`] is off.
+pub fn to_network_with(
+    mut config: Config,
+    mut pool: PoolConfig,
+    tx: &Transaction,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Outcome>, StartError> {
+    config.listen.clear();
+    pool.outbound = count;
+    pool.feeler_interval = None;
+    let mut net = Pooled::start(config, pool)?;
+    let mut machine = Broadcaster::new(tx, &[], Instant::now(), timeout, Rng::from_os());
+    let mut out = Outbox::default();
+    loop {
+        for p in net.peers() {
+            if p.kind == PeerKind::Outbound && !machine.knows(p.peer) && !out.finished.contains(&p.peer) {
+                machine.add_target(p.target, p.origin, p.peer);
+            }
+        }
+        out.run(&mut machine, net.handle());
+        let delivered = machine.delivered_count();
+        if delivered >= count || Instant::now() >= machine.deadline {
+            machine.handle_timeout(Instant::now());
+            break;
+        }
+        // Refill only the places still open.
+        net.pool_mut().set_outbound(count - delivered);
+        let wait = machine.poll_timeout().saturating_duration_since(Instant::now());
+        match net.recv_timeout(wait) {
+            Ok(Event::Writable { peer }) => out.writable(net.handle(), peer),
+            // The pool dropped it (it lacks the services): its
+            // `Disconnected` ends the attempt.
+            Ok(Event::Ready { peer, .. }) if net.pool().peer(peer).is_none_or(|p| !p.ready) => {}
+            Ok(event) => machine.handle_event(event, Instant::now()),
+            Err(RecvTimeoutError::Timeout) => machine.handle_timeout(Instant::now()),
+            Err(RecvTimeoutError::Disconnected) => machine.reactor_gone(),
+        }
+    }
+    net.shutdown();
+    Ok(machine.into_outcomes())
+}
+
+/// Carries the machine's actions out on a handle, holding messages the
+/// reactor refused while a peer's send buffer was full, in order, until its
+/// `Writable`.
+#[derive(Default)]
+struct Outbox {
+    held: HashMap<PeerId, VecDeque<NetworkMessage>>,
+    /// Peers the machine let go (their outcome is known).
+    finished: std::collections::HashSet<PeerId>,
+}
+
+impl Outbox {
+    fn run(&mut self, machine: &mut Broadcaster, handle: &crate::Handle) {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                Action::Send(peer, message) => match self.held.get_mut(&peer) {
+                    Some(queue) => queue.push_back(message),
+                    None => match handle.send(peer, message) {
+                        Ok(()) => {}
+                        Err(refused) if refused.reason == Refusal::BufferFull => {
+                            self.held.entry(peer).or_default().push_back(refused.message);
+                        }
+                        Err(refused) if refused.reason == Refusal::ReactorGone => machine.reactor_gone(),
+                        // The peer is gone; its `Disconnected` follows.
+                        Err(_) => {}
+                    },
+                },
+                Action::Disconnect(peer) => {
+                    self.held.remove(&peer);
+                    self.finished.insert(peer);
+                    let _ = handle.disconnect(peer, Disconnect::AfterFlush);
+                }
+            }
+        }
+    }
+
+    fn writable(&mut self, handle: &crate::Handle, peer: PeerId) {
+        let mut queue = self.held.remove(&peer).unwrap_or_default();
+        while let Some(message) = queue.pop_front() {
+            if let Err(refused) = handle.send(peer, message) {
+                if refused.reason == Refusal::BufferFull {
+                    queue.push_front(refused.message);
+                    self.held.insert(peer, queue);
+                }
+                break;
+            }
+        }
+    }
 }
 
 /// What the state machine asks its driver to do.
@@ -375,6 +469,7 @@ pub(crate) struct Broadcaster {
     start: Instant,
     deadline: Instant,
     targets: Vec<Target>,
+    origins: Vec<Option<Origin>>,
     states: Vec<State>,
     by_peer: HashMap<PeerId, usize>,
     rng: Rng,
@@ -392,6 +487,7 @@ impl Broadcaster {
             start: now,
             deadline: later(now, timeout),
             targets: targets.to_vec(),
+            origins: targets.iter().map(|_| None).collect(),
             states: targets.iter().map(|_| State::Idle).collect(),
             by_peer: HashMap::new(),
             rng,
@@ -405,6 +501,25 @@ impl Broadcaster {
             self.states[index] = State::Connecting(peer);
             self.by_peer.insert(peer, index);
         }
+    }
+
+    /// A target found on the way (by the pool), already being connected as
+    /// `peer`.
+    pub(crate) fn add_target(&mut self, target: Target, origin: Origin, peer: PeerId) {
+        self.targets.push(target);
+        self.origins.push(Some(origin));
+        self.states.push(State::Connecting(peer));
+        self.by_peer.insert(peer, self.states.len() - 1);
+    }
+
+    /// Whether `peer` is one of the targets' connections.
+    pub(crate) fn knows(&self, peer: PeerId) -> bool {
+        self.by_peer.contains_key(&peer)
+    }
+
+    /// How many targets processed the announcement.
+    pub(crate) fn delivered_count(&self) -> usize {
+        self.states.iter().filter(|s| matches!(s, State::Done(Ok(_)))).count()
     }
 
     /// `peer`'s TCP connection is up (its handshake has started).
@@ -570,13 +685,14 @@ impl Broadcaster {
     pub(crate) fn into_outcomes(self) -> Vec<Outcome> {
         self.targets
             .into_iter()
+            .zip(self.origins)
             .zip(self.states)
-            .map(|(target, state)| {
+            .map(|((target, origin), state)| {
                 let result = match state {
                     State::Done(result) => result,
                     other => Err(BroadcastError::Timeout { stage: other.stage() }),
                 };
-                Outcome { target, result }
+                Outcome { target, origin, result }
             })
             .collect()
     }

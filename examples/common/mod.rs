@@ -137,3 +137,44 @@ impl Proxies {
         self.for_target(target).map_or_else(String::new, |addr| format!(" proxy={addr}"))
     }
 }
+
+/// Checks a `--seed HOST[:PORT]` value (a name or an IP address, with an
+/// optional port).
+#[allow(dead_code)]
+pub fn seed(text: &str) -> Result<String, String> {
+    peerlink::discovery::pool::split_seed(text, 1).map_err(|e| format!("bad --seed {text:?}: {e}"))?;
+    Ok(text.to_string())
+}
+
+/// The pool's configuration for `network`, with `seeds` (if any) instead of
+/// the network's DNS seeds.
+#[allow(dead_code)]
+pub fn pool_config(network: bitcoin::Network, seeds: &[String]) -> peerlink::discovery::PoolConfig {
+    let mut pool = peerlink::discovery::PoolConfig::new(network);
+    if !seeds.is_empty() {
+        pool.dns_seeds = seeds.to_vec();
+        // Seeds the user names are local test nodes as often as not.
+        pool.allow_unroutable = true;
+        pool.distinct_groups = seeds.iter().all(|s| !is_local_seed(s));
+    }
+    pool
+}
+
+fn is_local_seed(seed: &str) -> bool {
+    peerlink::discovery::pool::split_seed(seed, 1)
+        .ok()
+        .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
+        .is_some_and(peerlink::netgroup::is_local)
+}
+
+/// How a pool peer was found, as `found=...` fields.
+#[allow(dead_code)]
+pub fn found(origin: &peerlink::discovery::Origin) -> String {
+    use peerlink::discovery::Origin;
+    match origin {
+        Origin::Seed(host) => format!("found=seed seed={host}"),
+        Origin::Book => "found=book".into(),
+        Origin::Fixed => "found=fixed".into(),
+        Origin::Manual => "found=manual".into(),
+    }
+}

@@ -13,3 +13,7 @@
 pub mod addrbook;
 pub mod pool;
 pub mod seeds;
+mod driver;
+
+pub use driver::{Pooled, unix_now};
+pub use pool::{Origin, PeerKind, Pool, PoolConfig, PoolPeer};

@@ -103,6 +103,10 @@ pub struct Options {
     pub behaviour: Behaviour,
     /// With [`Behaviour::Relay`], connect here whatever the requested target.
     pub forward: Option<SocketAddr>,
+    /// With [`Behaviour::Relay`], names the proxy resolves from this table
+    /// (a name → where to connect) before asking the system resolver: a
+    /// test's stand-in for the proxy's DNS.
+    pub hosts: Vec<(String, SocketAddr)>,
     /// Waited before each reply the server sends.
     pub delay: Duration,
 }
@@ -110,7 +114,13 @@ pub struct Options {
 impl Default for Options {
     /// [`Auth::AnyPassword`], [`Behaviour::Relay`], no forward, no delay.
     fn default() -> Options {
-        Options { auth: Auth::AnyPassword, behaviour: Behaviour::Relay, forward: None, delay: Duration::ZERO }
+        Options {
+            auth: Auth::AnyPassword,
+            behaviour: Behaviour::Relay,
+            forward: None,
+            hosts: Vec::new(),
+            delay: Duration::ZERO,
+        }
     }
 }
 
@@ -498,9 +508,12 @@ fn hold(client: &mut TcpStream, shared: &Shared) {
 
 /// Connects to the first address that accepts, or answers with the reply
 /// code for the failure.
-fn connect_target(target: &RequestedTarget, port: u16, forward: Option<SocketAddr>) -> Result<TcpStream, u8> {
-    let addrs: Vec<SocketAddr> = match (forward, target) {
+fn connect_target(target: &RequestedTarget, port: u16, options: &Options) -> Result<TcpStream, u8> {
+    let addrs: Vec<SocketAddr> = match (options.forward, target) {
         (Some(forward), _) => vec![forward],
+        (None, RequestedTarget::Name(name)) if options.hosts.iter().any(|(n, _)| n == name) => {
+            options.hosts.iter().filter(|(n, _)| n == name).map(|(_, a)| *a).collect()
+        }
         (None, RequestedTarget::Ip(ip)) => vec![SocketAddr::new(*ip, port)],
         // The proxy resolves names: that is the point of ATYP 3.
         (None, RequestedTarget::Name(name)) => {
@@ -524,7 +537,7 @@ fn relay(
     options: &Options,
     shared: &Arc<Shared>,
 ) -> io::Result<()> {
-    let outgoing = match connect_target(target, port, options.forward) {
+    let outgoing = match connect_target(target, port, options) {
         Ok(outgoing) => outgoing,
         Err(code) => return answer(&mut client, &failure(code), options, shared),
     };
