@@ -2,10 +2,13 @@
 //! sleeps used as synchronisation (waits are bounded by a timeout that only
 //! matters when the test fails).
 
+#[path = "../support/addr_server.rs"]
+mod addr_server;
 mod admission;
 mod asynchronous;
 mod cbf;
 mod common;
+mod crawl;
 mod example_args;
 #[path = "../../examples/common/mod.rs"]
 mod example_common;
