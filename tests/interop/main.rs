@@ -14,10 +14,13 @@
 //!   (`apt-get install -y microsocks`); `PEERLINK_REQUIRE_MICROSOCKS=1` (set
 //!   by `.ci/run`) makes its absence a failure.
 
+#[path = "../support/addr_server.rs"]
+mod addr_server;
 mod bcoin;
 mod bitcoind;
 mod common;
 mod core;
+mod crawl;
 #[path = "../support/filter_server.rs"]
 mod filter_server;
 #[cfg(feature = "socks")]
