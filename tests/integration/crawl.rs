@@ -205,3 +205,47 @@ fn crawl_rejects_bad_arguments_with_exit_code_2() {
         assert!(output.stdout.is_empty(), "{args:?}: nothing on stdout");
     }
 }
+
+/// The scripted peer itself: `addr` (IPv4/IPv6 entries only) to a peer that
+/// did not send `sendaddrv2`, `pong` for `ping`, and `kill_connections`.
+#[test]
+fn addr_server_answers_addr_without_sendaddrv2_and_kills_connections() {
+    use bitcoin::p2p::message::NetworkMessage;
+    use peerlink::Event;
+
+    use crate::common::{WAIT, client, connected, message, version_message, wait_for};
+
+    let known = SocketAddr::from((ip(52), 18444));
+    let mut options = Options::new(ip(51), vec![known]);
+    options.answers.push(onion());
+    let server = AddrServer::start_with(options);
+    let handle = client();
+    let peer = handle.connect(server.addr()).unwrap();
+    assert_eq!(connected(&handle), peer);
+    handle.send(peer, NetworkMessage::Version(version_message())).unwrap();
+    let mut got_verack = false;
+    while !got_verack {
+        match message(&handle).1 {
+            NetworkMessage::Version(v) => assert_eq!(v.user_agent, "/addr_server:127.0.0.51/"),
+            NetworkMessage::Verack => got_verack = true,
+            NetworkMessage::SendAddrV2 => {}
+            other => panic!("unexpected {other:?} during the handshake"),
+        }
+    }
+    handle.send(peer, NetworkMessage::Verack).unwrap();
+    assert!(server.wait_for(WAIT, |s| s.handshakes == 1));
+    handle.send(peer, NetworkMessage::Ping(7)).unwrap();
+    assert_eq!(message(&handle).1, NetworkMessage::Pong(7));
+    handle.send(peer, NetworkMessage::GetAddr).unwrap();
+    let NetworkMessage::Addr(list) = message(&handle).1 else { panic!("expected addr") };
+    let addrs: Vec<SocketAddr> = list.iter().map(|(_, a)| a.socket_addr().unwrap()).collect();
+    assert_eq!(addrs, [known], "the onion entry is left out of addr");
+    let stats = server.stats();
+    assert_eq!((stats.getaddrs, stats.addr_answers, stats.addrv2_answers, stats.open), (1, 1, 0, 1));
+    assert_eq!(server.connections(), 1);
+
+    server.kill_connections();
+    wait_for(&handle, |e| matches!(e, Event::Disconnected { peer: p, .. } if p == peer).then_some(()));
+    assert!(server.wait_for(WAIT, |s| s.open == 0));
+    assert_eq!(server.stats().accepted, 1);
+}
