@@ -18,6 +18,7 @@ mod filter_server;
 mod generic_codec;
 mod hostile;
 mod memory;
+mod pool;
 #[cfg(feature = "socks")]
 mod proxy;
 mod reactor;

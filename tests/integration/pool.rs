@@ -101,7 +101,8 @@ fn seeds_from_an_injected_resolver_fill_the_pool_and_getaddr_teaches_the_rest() 
     for s in near.iter().chain(&far[..5]) {
         // Every ready peer got one getaddr.
         if targets.contains(&s.addr()) {
-            assert!(s.getaddr_count() >= 1, "{} was not asked for addresses", s.addr());
+            let asked = s.wait_for(Duration::from_secs(10), |st| st.getaddrs >= 1);
+            assert!(asked, "{} was not asked for addresses", s.addr());
         }
     }
     assert_eq!(net.pool().stats().failures, 0);
@@ -183,7 +184,8 @@ fn an_address_that_refuses_is_backed_off_and_replaced() {
     assert_eq!(net.pool().stats().dials, dials_then, "no redial inside the backoff: {:?}", net.pool().stats());
     let book = net.pool().book();
     let record = book.get(&Address::from(dead)).expect("the dead address stays in the book");
-    assert!(record.attempts >= 2, "{record:?}");
+    // Core counts one failed attempt per address until it is good again.
+    assert!(record.attempts >= 1 && record.last_try.is_some() && record.last_success.is_none(), "{record:?}");
 }
 
 #[cfg(feature = "socks")]
@@ -220,10 +222,10 @@ fn a_pool_behind_socks5_reaches_the_seed_by_name_and_never_dials_directly() {
             .iter()
             .filter(|r| r.target == RequestedTarget::Ip(s.addr().ip()) && r.port == s.addr().port())
             .count();
-        assert_eq!(s.connections(), through_proxy, "{}: connections vs proxy requests", s.addr());
+        assert_eq!(s.stats().accepted, through_proxy, "{}: connections vs proxy requests", s.addr());
         assert!(through_proxy >= 1, "{} never reached", s.addr());
     }
-    assert_eq!(seed.connections(), 1);
+    assert_eq!(seed.stats().accepted, 1, "the seed, once");
     let ready: HashSet<SocketAddr> = ready_targets(&net).into_iter().collect();
     assert_eq!(ready, peer_addrs.into_iter().collect::<HashSet<_>>());
     assert!(net.peers().iter().all(|p| p.origin == Origin::Seed("seed.socks.test".into())));
