@@ -322,8 +322,8 @@ pub fn to_network_with(
     let mut machine = Broadcaster::new(tx, &[], Instant::now(), timeout, Rng::from_os());
     let mut out = Outbox::default();
     loop {
-        for p in net.peers() {
-            if p.kind == PeerKind::Outbound && !machine.knows(p.peer) && !out.finished.contains(&p.peer) {
+        for p in net.take_dials() {
+            if p.kind == PeerKind::Outbound {
                 machine.add_target(p.target, p.origin, p.peer);
             }
         }
@@ -336,7 +336,15 @@ pub fn to_network_with(
         // Refill only the places still open.
         net.pool_mut().set_outbound(count - delivered);
         let wait = machine.poll_timeout().saturating_duration_since(Instant::now());
-        match net.recv_timeout(wait) {
+        let event = net.recv_timeout(wait);
+        // Dials made while waiting come first: the event may be the failure
+        // of one of them.
+        for p in net.take_dials() {
+            if p.kind == PeerKind::Outbound {
+                machine.add_target(p.target, p.origin, p.peer);
+            }
+        }
+        match event {
             Ok(Event::Writable { peer }) => out.writable(net.handle(), peer),
             // The pool dropped it (it lacks the services): its
             // `Disconnected` ends the attempt.
@@ -356,8 +364,6 @@ pub fn to_network_with(
 #[derive(Default)]
 struct Outbox {
     held: HashMap<PeerId, VecDeque<NetworkMessage>>,
-    /// Peers the machine let go (their outcome is known).
-    finished: std::collections::HashSet<PeerId>,
 }
 
 impl Outbox {
@@ -378,7 +384,6 @@ impl Outbox {
                 },
                 Action::Disconnect(peer) => {
                     self.held.remove(&peer);
-                    self.finished.insert(peer);
                     let _ = handle.disconnect(peer, Disconnect::AfterFlush);
                 }
             }
@@ -510,11 +515,6 @@ impl Broadcaster {
         self.origins.push(Some(origin));
         self.states.push(State::Connecting(peer));
         self.by_peer.insert(peer, self.states.len() - 1);
-    }
-
-    /// Whether `peer` is one of the targets' connections.
-    pub(crate) fn knows(&self, peer: PeerId) -> bool {
-        self.by_peer.contains_key(&peer)
     }
 
     /// How many targets processed the announcement.

@@ -58,7 +58,11 @@ pub struct Pooled {
     pool: Pool,
     lookups: Vec<Lookups>,
     next_tick: Instant,
+    dials: std::collections::VecDeque<PoolPeer>,
 }
+
+/// How many of the pool's dials [`Pooled::take_dials`] keeps.
+const MAX_DIAL_LOG: usize = 4096;
 
 impl Pooled {
     /// Starts a reactor from `config` (its mode is forced to session: the
@@ -85,7 +89,7 @@ impl Pooled {
         }
         let handle = crate::start(config)?;
         let now = Instant::now();
-        let mut pooled = Pooled { handle, pool: Pool::new(pool, book, now), lookups: Vec::new(), next_tick: now };
+        let mut pooled = Pooled { handle, pool: Pool::new(pool, book, now), lookups: Vec::new(), next_tick: now, dials: Default::default() };
         pooled.tick();
         Ok(pooled)
     }
@@ -108,6 +112,14 @@ impl Pooled {
     /// The peers the pool holds, dials under way included.
     pub fn peers(&self) -> Vec<PoolPeer> {
         self.pool.peers()
+    }
+
+    /// The connections the pool opened since the last call (at most the
+    /// last 4,096), in order, each as it was when dialled: a dial can fail
+    /// and leave [`peers`](Pooled::peers) before the caller ever sees it
+    /// there, and its `ConnectFailed` is then the next event.
+    pub fn take_dials(&mut self) -> Vec<PoolPeer> {
+        self.dials.drain(..).collect()
     }
 
     /// Adds a manual peer: connected now, reconnected whenever it goes,
@@ -200,6 +212,12 @@ impl Pooled {
                 PoolAction::Connect { token, target } => {
                     let peer = self.handle.connect(target).ok();
                     self.pool.dialed(token, peer);
+                    if let Some(p) = peer.and_then(|p| self.pool.peer(p)) {
+                        if self.dials.len() == MAX_DIAL_LOG {
+                            self.dials.pop_front();
+                        }
+                        self.dials.push_back(p);
+                    }
                 }
                 // `getaddr` is tiny; a full buffer or a gone peer loses
                 // nothing worth keeping.

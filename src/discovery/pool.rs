@@ -545,7 +545,7 @@ impl Pool {
         let Some(seed) = pending.remove(name) else { return };
         let host = split_seed(&seed, self.config.seed_port).map_or_else(|_| seed.clone(), |(h, _)| h);
         let source = seed_group(&host);
-        let services = self.assumed_services(name != host);
+        let services = self.assumed_services();
         match result {
             Ok(addrs) => {
                 log::debug!("seed {name}: {} addresses", addrs.len());
@@ -595,17 +595,17 @@ impl Pool {
         {
             self.seeding = Seeding::Done;
         }
-        self.maybe_seed(now);
+        self.maybe_seed(now, unix);
         self.redial_manual(now, unix);
         self.refill(now, unix);
         self.maybe_feeler(now, unix);
     }
 
-    fn assumed_services(&self, prefixed: bool) -> ServiceFlags {
-        // A seed asked with a prefix answers with nodes that have those
-        // services; a bare answer is assumed to be Core's default. Both
-        // are checked after the handshake.
-        if prefixed { self.config.services | default_services() } else { default_services() }
+    /// What a seed's answer is taken to offer, as Core does (it records a
+    /// seed's addresses with the services it asked for): the services we
+    /// need. The handshake checks them.
+    fn assumed_services(&self) -> ServiceFlags {
+        self.config.services | default_services()
     }
 
     fn remember(&mut self, address: Address, origin: Origin) {
@@ -782,7 +782,7 @@ impl Pool {
         }
     }
 
-    fn maybe_seed(&mut self, now: Instant) {
+    fn maybe_seed(&mut self, now: Instant, unix: u64) {
         if self.seeding != Seeding::Idle || !self.config.seeds_useful() || self.config.dns_seeds.is_empty() {
             return;
         }
@@ -799,17 +799,35 @@ impl Pool {
         } else {
             let services = self.config.services | default_services();
             let mut queries = Vec::new();
+            let mut direct = Vec::new();
             for seed in &self.config.dns_seeds {
                 let Ok((host, port)) = split_seed(seed, self.config.seed_port) else {
                     log::warn!("pool: seed {seed:?} is not HOST[:PORT]");
                     continue;
                 };
-                // An address needs no lookup and takes no prefix.
-                let name = if host.parse::<std::net::IpAddr>().is_ok() { host } else { seeds::seed_query(&host, services) };
+                // An address needs no lookup: it is its own answer.
+                if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                    direct.push((seed.clone(), std::net::SocketAddr::new(ip, port)));
+                    continue;
+                }
+                let name = seeds::seed_query(&host, services);
+                if pending.contains_key(&name) {
+                    log::warn!("pool: seed {seed:?} repeats a name; asked once");
+                    continue;
+                }
                 pending.insert(name.clone(), seed.clone());
                 queries.push((name, port));
             }
-            self.actions.push_back(PoolAction::Resolve(queries));
+            for (seed, addr) in direct {
+                let host = addr.ip().to_string();
+                if self.book.add(Address::from(addr), services, unix, &seed_group(&host), unix) {
+                    self.stats.seeded += 1;
+                    self.remember(Address::from(addr), Origin::Seed(seed));
+                }
+            }
+            if !queries.is_empty() {
+                self.actions.push_back(PoolAction::Resolve(queries));
+            }
         }
         log::debug!("pool: asking {} seeds", pending.len());
         self.seeding = Seeding::Running { since: now, pending };
@@ -830,7 +848,7 @@ impl Pool {
         }
         self.stats.used_fixed = true;
         let source = seed_group("fixedseeds");
-        let services = self.assumed_services(true);
+        let services = self.assumed_services();
         let fixed = self.config.fixed_seeds.clone();
         let mut added = 0;
         for address in fixed {

@@ -150,10 +150,16 @@ fn involving(blocks: &[Block], scripts: &[&ScriptBuf]) -> BTreeSet<usize> {
 
 /// Runs the example against `peer`; returns (success, stdout, stderr).
 fn cbf_client(peer: SocketAddr, scripts: &[&ScriptBuf]) -> (bool, String, String) {
+    cbf_client_with(&["--peer".to_string(), peer.to_string()], scripts)
+}
+
+/// Runs the example with `peers` (its `--peer` or `--seed` arguments).
+fn cbf_client_with(peers: &[String], scripts: &[&ScriptBuf]) -> (bool, String, String) {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let mut command = Command::new(env!("CARGO"));
     command.args(["run", "--quiet", "--example", "cbf_client", "--manifest-path", manifest, "--"]);
-    command.args(["--network", "regtest", "--peer", &peer.to_string()]);
+    command.args(["--network", "regtest"]);
+    command.args(peers);
     for script in scripts {
         command.args(["--script", &script.to_hex_string()]);
     }
@@ -203,6 +209,29 @@ fn cbf_client_syncs_and_matches_scripts() {
     assert_eq!(stdout.lines().last(), Some(format!("synced tip={tip} filters={}", tip + 1).as_str()));
     assert_eq!(server.ignored(), 0, "the client sent only valid requests");
     eprintln!("cbf sync test took {:?}", started.elapsed());
+}
+
+/// Without `--peer`, the client finds its peer through the seeds: the
+/// first seed (a scripted peer without NODE_COMPACT_FILTERS) is passed
+/// over, and the filter server is found and synced from.
+#[test]
+fn cbf_client_finds_a_filter_peer_through_the_seeds() {
+    let (a, b, blocks) = chain();
+    let expected = involving(&blocks, &[&a, &b]);
+    let plain = crate::addr_server::AddrServer::start(std::net::Ipv4Addr::new(127, 0, 0, 31), Vec::new());
+    let (server, addr) = FilterServer::start(NET, blocks);
+    let seeds = ["--seed".to_string(), plain.addr().to_string(), "--seed".to_string(), addr.to_string()];
+    let (ok, stdout, stderr) = cbf_client_with(&seeds, &[&a, &b]);
+    assert!(ok, "cbf_client failed:\n{stdout}\n{stderr}");
+    let ready: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ready ")).collect();
+    assert_eq!(ready.len(), 1, "{stdout}");
+    assert!(ready[0].starts_with(&format!("ready peer={addr} ")), "{stdout}");
+    assert!(ready[0].ends_with(&format!(" found=seed seed={addr}")), "{stdout}");
+    assert!(ready[0].contains("COMPACT_FILTERS"), "{stdout}");
+    assert_eq!(matched_heights(&stdout), expected, "matched heights:\n{stdout}");
+    let tip = HEIGHT as usize;
+    assert_eq!(stdout.lines().last(), Some(format!("synced tip={tip} filters={}", tip + 1).as_str()));
+    assert_eq!(server.ignored(), 0, "the client sent only valid requests");
 }
 
 #[test]

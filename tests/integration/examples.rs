@@ -640,7 +640,11 @@ fn handshake_and_cbf_client_report_a_proxy_that_is_down() {
 /// A session node that fetches every announced transaction; returns the
 /// first one once its peer is gone (or nothing after [`WAIT`]).
 fn fetching_node() -> (SocketAddr, JoinHandle<Option<bitcoin::Transaction>>) {
-    let (node, addr) = session_peer();
+    let mut config = crate::session_test_config();
+    config.listen.push(crate::common::localhost());
+    // What a pool asks of its peers (Core's NODE_NETWORK | NODE_WITNESS).
+    config.session.services = bitcoin::p2p::ServiceFlags::NETWORK | bitcoin::p2p::ServiceFlags::WITNESS;
+    let (node, addr) = crate::common::listener_with(config);
     let thread = std::thread::spawn(move || {
         let mut got = None;
         while let Ok(event) = node.recv_timeout(WAIT) {
@@ -678,6 +682,30 @@ fn broadcast_tx_runs_through_a_socks5_proxy() {
     assert_eq!(lines.last().copied(), Some("delivered=1 not_requested=0 failed=0"), "{run}");
     assert_eq!(node.join().expect("the node thread"), Some(tx), "the node received the transaction");
     assert_one_isolated_request(&socks, RequestedTarget::Ip(addr.ip()), addr.port(), &run);
+}
+
+/// `broadcast_tx` without `--peer`: the pool takes its peers from the
+/// seeds; a seed that refuses is replaced, and the peer line says how the
+/// peer was found.
+#[test]
+fn broadcast_tx_finds_its_peer_through_the_seeds() {
+    let tx = crate::common::big_tx(200);
+    let hex = bitcoin::consensus::encode::serialize_hex(&tx);
+    let (addr, node) = fetching_node();
+    let dead = closed_port();
+    let run = run_example(
+        "broadcast_tx",
+        &strings(&[&"--network", &"regtest", &"--seed", &dead, &"--seed", &addr, &"--peers", &1, &hex]),
+    );
+    assert!(run.status.success(), "{run}");
+    let lines = run.lines();
+    let delivered = format!("peer={addr} found=seed seed={addr} result=delivered ua=\"/peerlink:");
+    assert!(lines.iter().any(|l| l.starts_with(&delivered)), "{run}");
+    // The refusing seed, if it was tried first, has a line of its own.
+    let failed: Vec<&&str> = lines.iter().filter(|l| l.contains(" result=failed ")).collect();
+    assert!(failed.iter().all(|l| l.starts_with(&format!("peer={dead} found=seed seed={dead} "))), "{run}");
+    assert_eq!(lines.last().copied(), Some(format!("delivered=1 not_requested=0 failed={}", failed.len()).as_str()));
+    assert_eq!(node.join().expect("the node thread"), Some(tx), "the node received the transaction");
 }
 
 /// `broadcast_tx` with its proxy down: the peer's line says why, naming the

@@ -230,3 +230,45 @@ fn a_pool_behind_socks5_reaches_the_seed_by_name_and_never_dials_directly() {
     assert_eq!(ready, peer_addrs.into_iter().collect::<HashSet<_>>());
     assert!(net.peers().iter().all(|p| p.origin == Origin::Seed("seed.socks.test".into())));
 }
+
+/// `broadcast::to_network_with`: two peers wanted, among three scripted
+/// peers and an address that refuses; every outcome says where its peer
+/// came from.
+#[test]
+fn broadcast_to_the_network_reaches_the_count_and_replaces_failures() {
+    let live = servers(120, 3);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.124:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut answers: Vec<SocketAddr> = live.iter().map(AddrServer::addr).collect();
+    answers.insert(0, dead);
+    let resolver = Arc::new(TableResolver {
+        answers: HashMap::from([("seed.tx.test".to_string(), answers)]),
+        ..TableResolver::default()
+    });
+    let tx = crate::common::big_tx(200);
+    let pool = loopback_pool(resolver, "seed.tx.test", 2);
+    let started = Instant::now();
+    let outcomes =
+        peerlink::broadcast::to_network_with(crate::session_test_config(), pool, &tx, 2, Duration::from_secs(30))
+            .unwrap();
+    eprintln!("to_network: {} outcomes in {:?}", outcomes.len(), started.elapsed());
+    let ok: Vec<_> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
+    assert_eq!(ok.len(), 2, "{outcomes:?}");
+    let live_addrs: HashSet<SocketAddr> = live.iter().map(AddrServer::addr).collect();
+    for o in &outcomes {
+        assert_eq!(o.origin, Some(Origin::Seed("seed.tx.test".into())), "{o:?}");
+        let addr = o.target.socket_addr().expect("an address");
+        match &o.result {
+            // The scripted peers answer the ping but never ask for the tx.
+            Ok(d) => {
+                assert!(live_addrs.contains(&addr), "{o:?}");
+                assert_eq!(d.kind, peerlink::broadcast::DeliveryKind::NotRequested, "{o:?}");
+            }
+            Err(_) => assert_eq!(addr, dead, "only the refusing address fails: {o:?}"),
+        }
+    }
+    let distinct: HashSet<SocketAddr> = ok.iter().filter_map(|o| o.target.socket_addr()).collect();
+    assert_eq!(distinct.len(), 2, "two different peers");
+}

@@ -406,3 +406,18 @@ fn an_idle_pool_wants_a_tick_within_a_second() {
     let at = h.pool.poll_timeout(h.now);
     assert!(at > h.now && at <= h.now + Duration::from_secs(1));
 }
+
+#[test]
+fn seeds_given_as_addresses_need_no_lookup_and_are_dialled() {
+    let mut c = config();
+    c.dns_seeds = vec!["127.0.0.31:18444".into(), "127.0.0.1:18445".into()];
+    c.allow_unroutable = true;
+    c.distinct_groups = false;
+    let mut h = Harness::new(c);
+    h.tick();
+    assert!(h.resolves.is_empty(), "an address needs no lookup: {:?}", h.resolves);
+    assert_eq!(h.dialled.len(), 2, "{:?}", h.pool.stats());
+    let origins: HashSet<Origin> = h.pool.peers().into_iter().map(|p| p.origin).collect();
+    let expected = ["127.0.0.31:18444", "127.0.0.1:18445"].map(|s| Origin::Seed(s.into()));
+    assert_eq!(origins, expected.into_iter().collect());
+}
