@@ -9,7 +9,9 @@
 //!   Teredo): the /16.
 //! - Other routable IPv6: the /32 (Hurricane Electric's 2001:470::/32: the
 //!   /36, as in Core).
-//! - Onion (and, by the same rule, I2P): the network and the first 4 bits.
+//! - Onion and I2P: the network and the first 4 bits. CJDNS: the network
+//!   and the first 12 bits, that is the constant `fc` byte and 4 bits of
+//!   the key-derived address ([`NetGroup::of_addr_v2`]).
 //! - Loopback: one group. Other unroutable addresses (private, link-local,
 //!   documentation ranges...): one more group.
 //!
@@ -33,6 +35,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use bitcoin::p2p::address::AddrV2;
+
 use crate::target::Target;
 
 /// The network an address belongs to, as Bitcoin Core classes it
@@ -49,6 +53,11 @@ pub enum Network {
     Ipv6,
     /// Tor onion services.
     Onion,
+    /// I2P (BIP155 network 5).
+    I2p,
+    /// CJDNS (BIP155 network 6): IPv6 addresses in `fc00::/8` reachable
+    /// only over the CJDNS overlay.
+    Cjdns,
     /// A host name not yet resolved: its group is the name's.
     Name,
 }
@@ -62,8 +71,23 @@ impl Network {
             Network::Ipv4 => 1,
             Network::Ipv6 => 2,
             Network::Onion => 3,
+            Network::I2p => 4,
+            Network::Cjdns => 5,
             Network::Name => 0xfe,
         }
+    }
+
+    fn from_class(class: u8) -> Option<Network> {
+        Some(match class {
+            0 => Network::Unroutable,
+            1 => Network::Ipv4,
+            2 => Network::Ipv6,
+            3 => Network::Onion,
+            4 => Network::I2p,
+            5 => Network::Cjdns,
+            0xfe => Network::Name,
+            _ => return None,
+        })
     }
 }
 
@@ -120,6 +144,64 @@ impl NetGroup {
                 NetGroup { network: Network::Name, bytes: tail.join(".").into_bytes() }
             }
         }
+    }
+
+    /// The group of a BIP155 address, as `addrv2` gossip carries it.
+    ///
+    /// IPv4 and IPv6 are grouped as [`of_ip`](Self::of_ip). TorV3 and I2P
+    /// take the network and the first 4 bits of the key (or hash). CJDNS
+    /// takes its first 12 bits, as Core's `GetGroup` does: the constant
+    /// `fc` byte, then the top 4 bits of the key-derived part. `None` for
+    /// TorV2 (no longer supported by Tor), an unknown network, and a CJDNS
+    /// address outside `fc00::/8` (not a CJDNS address).
+    ///
+    /// ```
+    /// use bitcoin::p2p::address::AddrV2;
+    /// use peerlink::netgroup::{NetGroup, Network};
+    ///
+    /// let v4 = NetGroup::of_addr_v2(&AddrV2::Ipv4("8.8.4.4".parse().unwrap())).unwrap();
+    /// assert_eq!(v4, NetGroup::of_ip("8.8.9.9".parse().unwrap()));
+    /// let i2p = NetGroup::of_addr_v2(&AddrV2::I2p([0xa5; 32])).unwrap();
+    /// assert_eq!(i2p.network(), Network::I2p);
+    /// assert_eq!(i2p.to_bytes(), [4, 0xaf]);
+    /// assert_eq!(NetGroup::of_addr_v2(&AddrV2::TorV2([0; 10])), None);
+    /// ```
+    pub fn of_addr_v2(addr: &AddrV2) -> Option<NetGroup> {
+        match addr {
+            AddrV2::Ipv4(ip) => Some(NetGroup::of_ip(IpAddr::V4(*ip))),
+            AddrV2::Ipv6(ip) => Some(NetGroup::of_ip(IpAddr::V6(*ip))),
+            AddrV2::TorV3(pubkey) => Some(NetGroup { network: Network::Onion, bytes: vec![pubkey[0] | 0x0f] }),
+            AddrV2::I2p(hash) => Some(NetGroup { network: Network::I2p, bytes: vec![hash[0] | 0x0f] }),
+            AddrV2::Cjdns(ip) => {
+                let o = ip.octets();
+                (o[0] == 0xfc).then(|| NetGroup { network: Network::Cjdns, bytes: vec![o[0], o[1] | 0x0f] })
+            }
+            AddrV2::TorV2(_) | AddrV2::Unknown(..) => None,
+        }
+    }
+
+    /// The group that [`to_bytes`](Self::to_bytes) gave these bytes for,
+    /// or `None` if no group has this form (unknown class, or a length or
+    /// padding the class does not use). `from_bytes(&g.to_bytes()) ==
+    /// Some(g)` for every group, and the bytes of a group that comes back
+    /// are exactly the input.
+    pub fn from_bytes(bytes: &[u8]) -> Option<NetGroup> {
+        let (&class, rest) = bytes.split_first()?;
+        let network = Network::from_class(class)?;
+        let low_nibble_set = |b: u8| b & 0x0f == 0x0f;
+        let valid = match network {
+            Network::Unroutable => rest.is_empty() || rest == [1],
+            Network::Ipv4 => rest.len() == 2,
+            Network::Ipv6 => match rest.len() {
+                4 => true,
+                5 => rest[..4] == [0x20, 0x01, 0x04, 0x70] && low_nibble_set(rest[4]),
+                _ => false,
+            },
+            Network::Onion | Network::I2p => rest.len() == 1 && low_nibble_set(rest[0]),
+            Network::Cjdns => rest.len() == 2 && rest[0] == 0xfc && low_nibble_set(rest[1]),
+            Network::Name => rest.len() <= 255 && rest.iter().all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase()),
+        };
+        valid.then(|| NetGroup { network, bytes: rest.to_vec() })
     }
 
     fn unroutable(bytes: Vec<u8>) -> NetGroup {
@@ -268,6 +350,67 @@ mod tests {
         let name = |host: &str| NetGroup::of_target(&format!("{host}:8333").parse().unwrap());
         assert_eq!(name("seed.bitcoin.sipa.be"), name("other.SIPA.be"));
         assert_ne!(name("seed.bitcoin.sipa.be"), name("seed.bitcoinstats.com"));
+    }
+
+    #[test]
+    fn addr_v2_groups_follow_bitcoin_core() {
+        let g = |addr: AddrV2| NetGroup::of_addr_v2(&addr).map(|g| g.to_bytes());
+        assert_eq!(g(AddrV2::Ipv4("1.2.3.4".parse().unwrap())), Some(vec![1, 1, 2]));
+        assert_eq!(g(AddrV2::Ipv4("127.0.0.1".parse().unwrap())), Some(vec![0]));
+        assert_eq!(g(AddrV2::Ipv6("2001:2001::1".parse().unwrap())), Some(vec![2, 0x20, 0x01, 0x20, 0x01]));
+        // Mapped and 6to4 addresses are grouped by the IPv4 address inside.
+        assert_eq!(g(AddrV2::Ipv6("::ffff:1.2.9.9".parse().unwrap())), Some(vec![1, 1, 2]));
+        assert_eq!(g(AddrV2::Ipv6("2002:102:304::1".parse().unwrap())), Some(vec![1, 1, 2]));
+        // Tor and I2P: the network and the first 4 bits (Core's netgroup tests).
+        let mut key = [0u8; 32];
+        key[0] = 0x3c;
+        assert_eq!(g(AddrV2::TorV3(key)), Some(vec![3, 0x3f]));
+        assert_eq!(g(AddrV2::I2p(key)), Some(vec![4, 0x3f]));
+        // The TorV3 group is the onion target's group.
+        assert_eq!(
+            NetGroup::of_addr_v2(&AddrV2::TorV3(key)),
+            Some(NetGroup::of_target(&Target::Onion { pubkey: key, port: 1 }))
+        );
+        // CJDNS: 12 bits, the constant fc byte then 4 bits.
+        assert_eq!(g(AddrV2::Cjdns("fc12:3456::1".parse().unwrap())), Some(vec![5, 0xfc, 0x1f]));
+        assert_eq!(g(AddrV2::Cjdns("fc1f:ffff::1".parse().unwrap())), Some(vec![5, 0xfc, 0x1f]));
+        assert_eq!(g(AddrV2::Cjdns("fd00::1".parse().unwrap())), None);
+        assert_eq!(g(AddrV2::TorV2([1; 10])), None);
+        assert_eq!(g(AddrV2::Unknown(42, vec![1, 2])), None);
+    }
+
+    #[test]
+    fn group_bytes_round_trip_and_malformed_bytes_are_refused() {
+        let groups = [
+            NetGroup::of_ip("127.0.0.1".parse().unwrap()),
+            NetGroup::of_ip("10.0.0.1".parse().unwrap()),
+            NetGroup::of_ip("1.2.3.4".parse().unwrap()),
+            NetGroup::of_ip("2001:2001::1".parse().unwrap()),
+            NetGroup::of_ip("2001:470:abcd::1".parse().unwrap()),
+            NetGroup::of_addr_v2(&AddrV2::TorV3([0x71; 32])).unwrap(),
+            NetGroup::of_addr_v2(&AddrV2::I2p([0x02; 32])).unwrap(),
+            NetGroup::of_addr_v2(&AddrV2::Cjdns("fc99::1".parse().unwrap())).unwrap(),
+            NetGroup::of_target(&"seed.bitcoin.sipa.be:8333".parse().unwrap()),
+        ];
+        for group in groups {
+            let bytes = group.to_bytes();
+            assert_eq!(NetGroup::from_bytes(&bytes), Some(group.clone()), "{group:?}");
+        }
+        for bad in [
+            &[][..],
+            &[7],
+            &[0, 2],
+            &[1, 1],
+            &[1, 1, 2, 3],
+            &[2, 0x20, 0x01, 0x20, 0x01, 0xff],
+            &[3, 0x30],
+            &[4],
+            &[5, 0xfd, 0x1f],
+            &[0xfe, b'A'],
+            &[0xfe, b' '],
+        ] {
+            assert_eq!(NetGroup::from_bytes(bad), None, "{bad:02x?}");
+        }
     }
 
     #[test]
