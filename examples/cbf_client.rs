@@ -42,8 +42,8 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::GetHeadersMessage;
 use bitcoin::p2p::message_filter::{GetCFCheckpt, GetCFHeaders, GetCFilters};
 use bitcoin::{BlockHash, ScriptBuf};
-use peerlink::error::Report;
 use peerlink::discovery::Pooled;
+use peerlink::error::Report;
 use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError, Target};
 
 const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest [--peer PEER | --seed HOST[:PORT] ...] [--script HEX ...] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]

@@ -293,7 +293,12 @@ pub fn broadcast(
 /// }
 /// # Ok(()) }
 /// ```
-pub fn to_network(config: Config, tx: &Transaction, count: usize, timeout: Duration) -> Result<Vec<Outcome>, StartError> {
+pub fn to_network(
+    config: Config,
+    tx: &Transaction,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Outcome>, StartError> {
     let network = bitcoin::Network::from_magic(config.magic).unwrap_or(bitcoin::Network::Bitcoin);
     to_network_with(config, PoolConfig::new(network), tx, count, timeout)
 }

@@ -89,7 +89,13 @@ impl Pooled {
         }
         let handle = crate::start(config)?;
         let now = Instant::now();
-        let mut pooled = Pooled { handle, pool: Pool::new(pool, book, now), lookups: Vec::new(), next_tick: now, dials: Default::default() };
+        let mut pooled = Pooled {
+            handle,
+            pool: Pool::new(pool, book, now),
+            lookups: Vec::new(),
+            next_tick: now,
+            dials: Default::default(),
+        };
         pooled.tick();
         Ok(pooled)
     }

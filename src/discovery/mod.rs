@@ -11,9 +11,9 @@
 //!   events that keeps N peers with the services you need.
 
 pub mod addrbook;
+mod driver;
 pub mod pool;
 pub mod seeds;
-mod driver;
 
 pub use driver::{Pooled, unix_now};
 pub use pool::{Origin, PeerKind, Pool, PoolConfig, PoolPeer};

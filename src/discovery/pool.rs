@@ -339,6 +339,19 @@ struct Held {
     since: Instant,
 }
 
+impl Held {
+    fn new(
+        target: Target,
+        address: Option<Address>,
+        group: Option<NetGroup>,
+        kind: PeerKind,
+        origin: Origin,
+        since: Instant,
+    ) -> Held {
+        Held { target, address, group, kind, origin, ready: false, services: ServiceFlags::NONE, since }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
     failures: u32,
@@ -621,7 +634,7 @@ impl Pool {
             // Not ours (inbound, or dialled by the user): remember its
             // group so its `addr` messages get a source.
             self.sources.insert(peer, NetGroup::of_target(&info.target));
-            self.limits.entry(peer).or_insert_with(AddrRateLimit::new);
+            self.limits.entry(peer).or_default();
             return;
         };
         held.services = services;
@@ -664,7 +677,7 @@ impl Pool {
     }
 
     fn ask_addresses(&mut self, peer: PeerId) {
-        self.limits.entry(peer).or_insert_with(AddrRateLimit::new).on_getaddr_sent();
+        self.limits.entry(peer).or_default().on_getaddr_sent();
         self.actions.push_back(PoolAction::Send(peer, NetworkMessage::GetAddr));
     }
 
@@ -685,7 +698,7 @@ impl Pool {
                 None => return,
             },
         };
-        let limit = self.limits.entry(peer).or_insert_with(AddrRateLimit::new);
+        let limit = self.limits.entry(peer).or_default();
         let before: HashSet<Address> = match (&fetch_seed, message) {
             (Some(_), NetworkMessage::Addr(list)) => {
                 list.iter().filter_map(|(_, a)| a.socket_addr().ok().map(Address::from)).collect()
@@ -873,7 +886,7 @@ impl Pool {
         for target in due {
             let address = target.to_addr_v2().map(|a| Address::new(a, target.port()));
             let group = Some(NetGroup::of_target(&target));
-            self.dial(target, address, group, PeerKind::Manual, Origin::Manual, now, unix);
+            self.dial(Held::new(target, address, group, PeerKind::Manual, Origin::Manual, now), unix);
         }
     }
 
@@ -895,7 +908,7 @@ impl Pool {
             match split_seed(&seed, self.config.seed_port).and_then(|(host, port)| seed_target(&host, port)) {
                 Ok(target) => {
                     let address = target.to_addr_v2().map(|a| Address::new(a, target.port()));
-                    self.dial(target, address, None, PeerKind::AddrFetch, Origin::Seed(seed), now, unix);
+                    self.dial(Held::new(target, address, None, PeerKind::AddrFetch, Origin::Seed(seed), now), unix);
                 }
                 Err(e) => {
                     log::warn!("pool: seed {seed:?} is not HOST[:PORT]: {e}");
@@ -913,7 +926,7 @@ impl Pool {
                     let origin = self.origins.get(&address).cloned().unwrap_or(Origin::Book);
                     let Ok(target) = address.to_target() else { continue };
                     let group = address.group();
-                    self.dial(target, Some(address), group, PeerKind::Outbound, origin, now, unix);
+                    self.dial(Held::new(target, Some(address), group, PeerKind::Outbound, origin, now), unix);
                 }
                 None if !fixed_tried && !self.stats.used_fixed => {
                     fixed_tried = true;
@@ -947,7 +960,7 @@ impl Pool {
             self.stats.feelers += 1;
             let origin = self.origins.get(&address).cloned().unwrap_or(Origin::Book);
             let group = address.group();
-            self.dial(target, Some(address), group, PeerKind::Feeler, origin, now, unix);
+            self.dial(Held::new(target, Some(address), group, PeerKind::Feeler, origin, now), unix);
         }
     }
 
@@ -994,24 +1007,15 @@ impl Pool {
         None
     }
 
-    fn dial(
-        &mut self,
-        target: Target,
-        address: Option<Address>,
-        group: Option<NetGroup>,
-        kind: PeerKind,
-        origin: Origin,
-        now: Instant,
-        unix: u64,
-    ) {
-        if let Some(a) = &address {
+    fn dial(&mut self, held: Held, unix: u64) {
+        if let Some(a) = &held.address {
             self.book.attempt(a, true, unix);
         }
         let token = DialToken(self.next_token);
         self.next_token += 1;
         self.stats.dials += 1;
-        log::debug!("pool: dialling {target} ({kind}, from {origin})");
-        let held = Held { target: target.clone(), address, group, kind, origin, ready: false, services: ServiceFlags::NONE, since: now };
+        log::debug!("pool: dialling {} ({}, from {})", held.target, held.kind, held.origin);
+        let target = held.target.clone();
         self.dialing.insert(token, held);
         self.actions.push_back(PoolAction::Connect { token, target });
     }

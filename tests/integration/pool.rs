@@ -8,10 +8,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use peerlink::RecvTimeoutError;
 use peerlink::discovery::addrbook::Address;
 use peerlink::discovery::seeds::{ResolveError, Resolver};
 use peerlink::discovery::{Origin, PeerKind, PoolConfig, Pooled};
-use peerlink::RecvTimeoutError;
 
 use crate::addr_server::AddrServer;
 use crate::common::NET;
@@ -72,7 +72,11 @@ fn drive(net: &mut Pooled, limit: Duration, mut done: impl FnMut(&Pooled) -> boo
 }
 
 fn ready_targets(net: &Pooled) -> Vec<SocketAddr> {
-    net.peers().iter().filter(|p| p.ready && p.kind == PeerKind::Outbound).filter_map(|p| p.target.socket_addr()).collect()
+    net.peers()
+        .iter()
+        .filter(|p| p.ready && p.kind == PeerKind::Outbound)
+        .filter_map(|p| p.target.socket_addr())
+        .collect()
 }
 
 #[test]
@@ -87,7 +91,8 @@ fn seeds_from_an_injected_resolver_fill_the_pool_and_getaddr_teaches_the_rest() 
         answers: HashMap::from([("seed.pool.test".to_string(), near.iter().map(AddrServer::addr).collect())]),
         ..TableResolver::default()
     });
-    let mut net = Pooled::start(crate::session_test_config(), loopback_pool(resolver.clone(), "seed.pool.test", 8)).unwrap();
+    let mut net =
+        Pooled::start(crate::session_test_config(), loopback_pool(resolver.clone(), "seed.pool.test", 8)).unwrap();
     assert!(drive(&mut net, Duration::from_secs(30), |n| n.pool().ready_count() == 8), "{:?}", net.peers());
     let asked = resolver.asked.lock().unwrap().clone();
     assert_eq!(asked, vec!["x9.seed.pool.test".to_string()], "asked once, with Core's x9 prefix");
@@ -118,8 +123,7 @@ fn a_pool_of_eight_refills_while_peers_are_killed_at_random() {
         answers: HashMap::from([("seed.refill.test".to_string(), servers.iter().map(AddrServer::addr).collect())]),
         ..TableResolver::default()
     });
-    let mut net =
-        Pooled::start(crate::session_test_config(), loopback_pool(resolver, "seed.refill.test", 8)).unwrap();
+    let mut net = Pooled::start(crate::session_test_config(), loopback_pool(resolver, "seed.refill.test", 8)).unwrap();
     assert!(drive(&mut net, Duration::from_secs(30), |n| n.pool().ready_count() == 8), "{:?}", net.peers());
     // A fixed-seed xorshift, so the kill order is the same every run.
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -137,7 +141,9 @@ fn a_pool_of_eight_refills_while_peers_are_killed_at_random() {
         let killed_at = Instant::now();
         servers[by_addr[&victim]].kill_connections();
         // Wait for the pool to see the loss, then for it to refill.
-        let ok = drive(&mut net, Duration::from_secs(20), |n| !ready_targets(n).contains(&victim) || n.pool().ready_count() < 8);
+        let ok = drive(&mut net, Duration::from_secs(20), |n| {
+            !ready_targets(n).contains(&victim) || n.pool().ready_count() < 8
+        });
         assert!(ok, "round {round}: the kill of {victim} was never seen");
         let ok = drive(&mut net, Duration::from_secs(20), |n| n.pool().ready_count() == 8);
         assert!(ok, "round {round}: not refilled: {:?}", net.peers());
@@ -196,10 +202,8 @@ fn a_pool_behind_socks5_reaches_the_seed_by_name_and_never_dials_directly() {
     let peers = servers(110, 8);
     let peer_addrs: Vec<SocketAddr> = peers.iter().map(AddrServer::addr).collect();
     let seed = AddrServer::start(Ipv4Addr::new(127, 0, 0, 109), peer_addrs.clone());
-    let socks = SocksServer::start(Options {
-        hosts: vec![("seed.socks.test".to_string(), seed.addr())],
-        ..Options::default()
-    });
+    let socks =
+        SocksServer::start(Options { hosts: vec![("seed.socks.test".to_string(), seed.addr())], ..Options::default() });
     let resolver = Arc::new(TableResolver::default());
     let mut config = crate::session_test_config();
     config.proxy = Some(peerlink::socks5::Proxy::new(socks.addr()));

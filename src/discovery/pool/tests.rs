@@ -13,7 +13,7 @@ use super::*;
 use crate::PeerInfo;
 use crate::codec::Transport;
 use crate::discovery::seeds::ResolveError;
-use crate::event::{ConnectError, DisconnectReason, Direction};
+use crate::event::{ConnectError, Direction, DisconnectReason};
 use crate::session::{Features, PeerVersion};
 
 const UNIX: u64 = 1_700_000_000;
@@ -113,7 +113,6 @@ impl Harness {
     fn gone(&mut self, peer: PeerId) {
         self.event(Event::Disconnected { peer, reason: DisconnectReason::PeerClosed });
     }
-
 }
 
 fn info(peer: PeerId, target: Target, services: ServiceFlags) -> PeerInfo {
