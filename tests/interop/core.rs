@@ -34,24 +34,24 @@ use crate::common::{
 const MAX_HEADERS_RESULTS: usize = 2000;
 
 /// A witness script of one opcode, anyone can spend its P2WSH output.
-fn witness_script(op: bitcoin::opcodes::Opcode) -> ScriptBuf {
+pub(crate) fn witness_script(op: bitcoin::opcodes::Opcode) -> ScriptBuf {
     ScriptBuf::from_bytes(vec![op.to_u8()])
 }
 
 /// `OP_0 <sha256(witness script)>`.
-fn p2wsh(witness_script: &ScriptBuf) -> ScriptBuf {
+pub(crate) fn p2wsh(witness_script: &ScriptBuf) -> ScriptBuf {
     ScriptBuf::new_p2wsh(&witness_script.wscript_hash())
 }
 
 /// The regtest (`bcrt1...`) address of P2WSH(`witness_script`).
-fn p2wsh_address(witness_script: &ScriptBuf) -> String {
+pub(crate) fn p2wsh_address(witness_script: &ScriptBuf) -> String {
     Address::p2wsh(witness_script, bitcoin::Network::Regtest).to_string()
 }
 
 /// Spends `prev.output[0]`, a P2WSH(`OP_TRUE`) coin, to `to` minus
 /// [`FEE_SAT`]. The witness is the witness script alone: `OP_TRUE` leaves
 /// exactly one true element, so nothing is signed.
-fn spend_op_true(prev: &Transaction, to: &ScriptBuf) -> Transaction {
+pub(crate) fn spend_op_true(prev: &Transaction, to: &ScriptBuf) -> Transaction {
     let op_true = witness_script(OP_PUSHNUM_1);
     let prev_out = &prev.output[0];
     assert_eq!(prev_out.script_pubkey, p2wsh(&op_true), "the coin being spent is not P2WSH(OP_TRUE)");

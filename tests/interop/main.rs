@@ -21,6 +21,7 @@ mod bitcoind;
 mod common;
 mod core;
 mod crawl;
+mod discovery;
 #[path = "../support/filter_server.rs"]
 mod filter_server;
 #[cfg(feature = "socks")]
