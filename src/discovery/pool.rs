@@ -562,7 +562,8 @@ impl Pool {
         match result {
             Ok(addrs) => {
                 log::debug!("seed {name}: {} addresses", addrs.len());
-                for addr in addrs {
+                // Core keeps at most 32 of one seed's answer.
+                for addr in addrs.into_iter().take(seeds::MAX_SEED_ADDRS) {
                     let address = Address::from(addr);
                     if self.book.add(address.clone(), services, unix, &source, unix) {
                         self.stats.seeded += 1;
