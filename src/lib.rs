@@ -84,6 +84,15 @@
 //! optional [`Config::memory_budget`] caps the buffers of all peers
 //! together.
 //!
+//! Finding peers is an optional layer above the reactor, which stays free
+//! of policy ([`discovery`]): DNS seeds looked up off the reactor thread
+//! (or reached through the proxy), an address book bucketed as Bitcoin
+//! Core's addrman, and an outbound pool that keeps N peers with the
+//! services you need. Its `addr` messages and handshakes reach it as the
+//! same events you receive ([`discovery::Pooled`]), and
+//! [`broadcast::to_network`] uses it to broadcast without a single address
+//! given.
+//!
 //! Every timer of a connection (connect, stall, frame, transport handshake,
 //! session deadlines, linger) sits in its link's one timer table; the
 //! reactor only sleeps until the earliest deadline of any link.
