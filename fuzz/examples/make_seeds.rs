@@ -1,10 +1,11 @@
-//! Writes the seed corpora of `v1_decode`, `v2_decode`, `socks5_reply` and
-//! `session` (under `fuzz/corpus/<target>/seed-*`), built from real
-//! messages: mainnet's genesis block, its coinbase transaction and block 1's
-//! header, a Bitcoin Core 29 `version`, its compact filter, BIP155
-//! addresses, the BIP324 packet test vectors, and real SOCKS5 replies (as
-//! microsocks and Tor send them). Each file is in its target's input layout
-//! (see the header comment of each target).
+//! Writes the seed corpora of `v1_decode`, `v2_decode`, `socks5_reply`,
+//! `session` and `addrbook` (under `fuzz/corpus/<target>/seed-*`), built
+//! from real messages: mainnet's genesis block, its coinbase transaction and
+//! block 1's header, a Bitcoin Core 29 `version`, its compact filter, BIP155
+//! addresses, the BIP324 packet test vectors, real SOCKS5 replies (as
+//! microsocks and Tor send them), and address books filled from the BIP155
+//! addresses. Each file is in its target's input layout (see the header
+//! comment of each target).
 //!
 //! Run from `fuzz/`: `cargo run --example make_seeds`. The output is
 //! deterministic; the files are committed (`git add -f`, `corpus/` is
@@ -46,6 +47,7 @@ fn main() {
         ("v2_decode", v2_seeds(&m)),
         ("socks5_reply", socks5_seeds()),
         ("session", session_seeds(&m)),
+        ("addrbook", addrbook_seeds(&m)),
     ] {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).expect("create the corpus directory");
@@ -529,5 +531,56 @@ fn session_seeds(m: &Messages) -> Seeds {
         ("handshake-timeout".to_owned(), no_verack.0),
         ("ping-timeout".to_owned(), no_pong.0),
         ("self-connection".to_owned(), ourselves.0),
+    ]
+}
+
+/// `addrbook` seeds: saved books (as they are, and without their checksum
+/// for the sealing mode) and operation sequences (mode 2).
+fn addrbook_seeds(m: &Messages) -> Seeds {
+    use peerlink::discovery::addrbook::{AddrBook, AddrRateLimit, Address as BookAddress};
+    use peerlink::netgroup::NetGroup;
+
+    let now = 1_745_000_600;
+    let mut book = AddrBook::new([7; 32]);
+    // The seed messages use documentation ranges, which are unroutable.
+    book.set_allow_unroutable(true);
+    let source = NetGroup::of_ip("203.0.113.9".parse().expect("an ip"));
+    let mut limit = AddrRateLimit::new();
+    limit.on_getaddr_sent();
+    for message in m.addresses() {
+        book.add_message(&message, &source, now, &mut limit);
+    }
+    assert_eq!(book.len(), 6, "every seed address is kept");
+    let first = BookAddress::from(SocketAddr::from(([198, 51, 100, 23], 8333)));
+    book.attempt(&first, true, now);
+    book.good(&first, now + 5);
+    let saved = book.export();
+    assert_eq!(AddrBook::import(&saved, [0; 32]).expect("an export loads"), book);
+
+    let with_mode = |mode: u8, body: &[u8]| {
+        let mut out = vec![mode];
+        out.extend_from_slice(body);
+        out
+    };
+    let unsealed = &saved[..saved.len() - 32];
+
+    // An addrv2 message of five addresses after a getaddr, a select, a good,
+    // a failed attempt, loopback allowed, an add, a sweep, a round trip.
+    let mut gossip = vec![3, 5, 6, 1, 7, 2, 0, 3, 1, 4, 2, 5, 1, 0];
+    gossip.extend_from_slice(&[9, 0, 6, 6, 1, 4, 7, 2, 1, 12, 1, 0, 3, 5, 1, 1, 2, 11, 13, 0]);
+    // 64 hosts of one /16 added and made good: tried collisions; then
+    // time passes, collisions are tested and resolved, and selects.
+    let mut collisions = Vec::new();
+    for host in 0..64 {
+        collisions.extend_from_slice(&[0, 6, host, 1, 1, 0, 6, 6, host]);
+    }
+    collisions.extend_from_slice(&[13, 50, 10, 0, 13, 30, 10, 1, 9, 2, 9, 6, 13, 0]);
+
+    vec![
+        ("empty".to_owned(), with_mode(0, &AddrBook::new([0; 32]).export())),
+        ("gossip-book".to_owned(), with_mode(0, &saved)),
+        ("gossip-book-unsealed".to_owned(), with_mode(1, unsealed)),
+        ("ops-gossip".to_owned(), with_mode(2, &gossip)),
+        ("ops-collisions".to_owned(), with_mode(2, &collisions)),
     ]
 }

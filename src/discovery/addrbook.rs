@@ -438,9 +438,17 @@ impl Query {
         self.networks.is_none() && self.services == ServiceFlags::NONE
     }
 
+    #[cfg(test)]
     fn matches(&self, record: &Record) -> bool {
-        record.services.has(self.services)
-            && self.networks.as_ref().is_none_or(|networks| networks.contains(&record.address.network()))
+        self.matches_with(record, record.address.network())
+    }
+
+    fn matches_with(&self, record: &Record, network: Network) -> bool {
+        record.services.has(self.services) && self.networks.as_ref().is_none_or(|networks| networks.contains(&network))
+    }
+
+    fn matches_entry(&self, entry: &Entry) -> bool {
+        self.matches_with(&entry.record, entry.network)
     }
 }
 
@@ -479,6 +487,8 @@ struct Entry {
     record: Record,
     /// When a failure was last counted (Core's `m_last_count_attempt`).
     last_count_attempt: u64,
+    /// The address's network, kept for [`Query`] filters.
+    network: Network,
     bucket: u16,
     position: u8,
 }
@@ -788,7 +798,8 @@ impl AddrBook {
             tried: false,
             source: source.clone(),
         };
-        let id = self.insert_entry(Entry { record, last_count_attempt: 0, bucket, position });
+        let network = record.address.network();
+        let id = self.insert_entry(Entry { record, last_count_attempt: 0, network, bucket, position });
         self.new.put(slot, id);
         true
     }
@@ -1013,7 +1024,7 @@ impl AddrBook {
             self.entries
                 .iter()
                 .flatten()
-                .filter(|e| query.matches(&e.record))
+                .filter(|e| query.matches_entry(e))
                 .fold((0, 0), |(n, t), e| if e.record.tried { (n, t + 1) } else { (n + 1, t) })
         };
         let tried = match query.table {
@@ -1035,7 +1046,7 @@ impl AddrBook {
             let table = if tried { &self.tried } else { &self.new };
             let found = (0..BUCKET_SIZE)
                 .map(|i| table.slots[bucket * BUCKET_SIZE + (start + i) % BUCKET_SIZE])
-                .find(|&id| id != EMPTY && query.matches(&self.entry(id).record));
+                .find(|&id| id != EMPTY && query.matches_entry(self.entry(id)));
             let Some(id) = found else { continue };
             if self.take_chance(factor, self.entry(id).record.chance(now)) {
                 return Some(self.entry(id).record.clone());
@@ -1045,7 +1056,7 @@ impl AddrBook {
         // Few matching entries among many: draw among them directly.
         let table = if tried { &self.tried } else { &self.new };
         let matching: Vec<u32> =
-            table.slots.iter().copied().filter(|&id| id != EMPTY && query.matches(&self.entry(id).record)).collect();
+            table.slots.iter().copied().filter(|&id| id != EMPTY && query.matches_entry(self.entry(id))).collect();
         let mut last = None;
         // The chance is at least 0.01 * 0.66^8 and the factor passes its
         // inverse within 45 rounds: the loop ends with a pick well before.
@@ -1174,6 +1185,9 @@ impl AddrBook {
                 }
                 if self.index.get(&r.address) != Some(&id) {
                     return Err(format!("{} is not indexed", r.address));
+                }
+                if entry.network != r.address.network() {
+                    return Err(format!("{} has a stale network", r.address));
                 }
                 if tried && r.last_success.is_none() {
                     return Err(format!("{} is tried but never connected", r.address));
@@ -1478,7 +1492,8 @@ fn read_entry(r: &mut Reader<'_>, key: &[u8; 32]) -> Result<Entry, ImportError> 
         return Err(ImportError::WrongSlot { offset: at });
     }
     let record = Record { address, services, last_seen, last_try, last_success, attempts, tried, source };
-    Ok(Entry { record, last_count_attempt, bucket, position })
+    let network = record.address.network();
+    Ok(Entry { record, last_count_attempt, network, bucket, position })
 }
 
 struct Reader<'a> {
