@@ -107,9 +107,11 @@ pub struct PoolConfig {
     /// [`default_services`]). Also picks the seeds' service-bit prefix.
     pub services: ServiceFlags,
     /// Core's `-onlynet`: the networks the pool may dial, or `None` for
-    /// every network it can reach (IPv4 and IPv6; onion with a proxy).
+    /// every network it can reach (IPv4 and IPv6; onion with a proxy;
+    /// unroutable addresses with [`allow_unroutable`](Self::allow_unroutable)).
     /// Networks it cannot reach (onion without a proxy, I2P, CJDNS) are
-    /// never dialled, listed or not.
+    /// never dialled, listed or not. Manual peers are dialled whatever
+    /// their network: they are the user's explicit choice.
     pub networks: Option<Vec<Network>>,
     /// At most one pool peer per network group (default true, as Core).
     /// Loopback tests, where every address is in one group, turn it off.
@@ -175,7 +177,7 @@ impl PoolConfig {
             Network::Onion => self.onion,
             _ => false,
         };
-        can && self.networks.as_ref().is_none_or(|only| only.contains(&network) || network == Network::Unroutable)
+        can && self.networks.as_ref().is_none_or(|only| only.contains(&network))
     }
 
     fn reachable_networks(&self) -> Vec<Network> {
