@@ -241,12 +241,9 @@ impl Crawl {
 }
 
 fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
+    let args = match common::args(parse, USAGE) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut config = Config::new(args.network);
     config.session.user_agent_name = Some("crawl".into());

@@ -178,3 +178,16 @@ pub fn found(origin: &peerlink::discovery::Origin) -> String {
         Origin::Manual => "found=manual".into(),
     }
 }
+
+/// The command line parsed by `parse`, or, on a bad one, the error and
+/// `usage` on stderr and exit code 2.
+#[allow(dead_code)]
+pub fn args<T>(
+    parse: impl FnOnce(std::iter::Skip<std::env::Args>) -> Result<T, String>,
+    usage: &str,
+) -> Result<T, std::process::ExitCode> {
+    parse(std::env::args().skip(1)).map_err(|e| {
+        eprintln!("error: {e}\n{usage}");
+        std::process::ExitCode::from(2)
+    })
+}

@@ -71,6 +71,11 @@ fn drive(net: &mut Pooled, limit: Duration, mut done: impl FnMut(&Pooled) -> boo
     true
 }
 
+/// A port on `ip` nobody listens on: bound, noted, closed.
+fn closed_port(ip: Ipv4Addr) -> SocketAddr {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
+}
+
 fn ready_targets(net: &Pooled) -> Vec<SocketAddr> {
     net.peers()
         .iter()
@@ -165,11 +170,7 @@ fn a_pool_of_eight_refills_while_peers_are_killed_at_random() {
 #[test]
 fn an_address_that_refuses_is_backed_off_and_replaced() {
     let live = servers(90, 3);
-    // A port nobody listens on: bind, note it, close.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.94:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_port(Ipv4Addr::new(127, 0, 0, 94));
     let mut answers: Vec<SocketAddr> = live.iter().map(AddrServer::addr).collect();
     answers.push(dead);
     let resolver = Arc::new(TableResolver {
@@ -241,10 +242,7 @@ fn a_pool_behind_socks5_reaches_the_seed_by_name_and_never_dials_directly() {
 #[test]
 fn broadcast_to_the_network_reaches_the_count_and_replaces_failures() {
     let live = servers(120, 3);
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.124:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_port(Ipv4Addr::new(127, 0, 0, 124));
     let mut answers: Vec<SocketAddr> = live.iter().map(AddrServer::addr).collect();
     answers.insert(0, dead);
     let resolver = Arc::new(TableResolver {
