@@ -50,9 +50,11 @@
 //!   taking their slot (which moves them back to new), as in Core;
 //!   [`AddrBook::remove_terrible`] sweeps the new table only.
 //! - **Selection filters** by network and services ([`Query`]); Core's
-//!   `Select` filters by network only. If random draws find no matching
-//!   entry after 4,096 tries, the table is scanned and one matching entry is
-//!   drawn with the same chance rule, so [`AddrBook::select`] always ends.
+//!   `Select` filters by network only. When matching entries are rare
+//!   (fewer than one per 16 non-empty buckets), or 4,096 random draws found
+//!   none, the table is scanned and one of its matching entries is drawn
+//!   uniformly, with the same chance rule; so [`AddrBook::select`] always
+//!   ends, in bounded time.
 //! - Addresses of networks peerlink cannot reach (I2P, CJDNS) are kept, so
 //!   that a caller with its own transport can use them; filter them out
 //!   with [`Query::networks`]. TorV2 and unknown BIP155 networks are refused.
@@ -555,14 +557,17 @@ impl Slots {
         id
     }
 
-    /// Whether the bucket counts and the occupied list match the slots.
-    fn consistent(&self) -> bool {
-        self.slots.chunks(BUCKET_SIZE).enumerate().all(|(bucket, slots)| {
-            let len = slots.iter().filter(|&&id| id != EMPTY).count();
-            let at = self.occupied_at[bucket];
-            usize::from(self.bucket_len[bucket]) == len
-                && if len == 0 { at == EMPTY } else { self.occupied.get(at as usize) == Some(&(bucket as u16)) }
-        }) && self.occupied.len() == self.bucket_len.iter().filter(|&&n| n > 0).count()
+    /// The (slot, id) of every entry in slot order, skipping empty buckets
+    /// without looking at their slots.
+    fn ids(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        self.bucket_len.iter().enumerate().filter(|&(_, &len)| len > 0).flat_map(move |(bucket, _)| {
+            let first = bucket * BUCKET_SIZE;
+            self.slots[first..first + BUCKET_SIZE]
+                .iter()
+                .enumerate()
+                .filter(|&(_, &id)| id != EMPTY)
+                .map(move |(i, &id)| (first + i, id))
+        })
     }
 }
 
@@ -720,12 +725,7 @@ impl AddrBook {
     /// Every entry: the new table's, then the tried table's, each in slot
     /// order (so the order depends only on the book's contents).
     pub fn iter(&self) -> impl Iterator<Item = &Record> + '_ {
-        self.new
-            .slots
-            .iter()
-            .chain(self.tried.slots.iter())
-            .filter(|&&id| id != EMPTY)
-            .map(|&id| &self.entry(id).record)
+        self.new.ids().chain(self.tried.ids()).map(|(_, id)| &self.entry(id).record)
     }
 
     /// Adds an address heard of from a peer of group `source` (Core's
@@ -1036,10 +1036,14 @@ impl AddrBook {
             Table::Any => tried_n > 0 && (new_n == 0 || self.rand_u64() & 1 == 0),
         };
         let mut factor = 1.0;
-        for _ in 0..MAX_SELECT_DRAWS {
+        let matching = if tried { tried_n } else { new_n };
+        let occupied = if tried { self.tried.occupied.len() } else { self.new.occupied.len() };
+        // With matches in under one bucket in 16, random draws would mostly
+        // miss: skip to drawing among the matches.
+        let draws = if matching * 16 >= occupied { MAX_SELECT_DRAWS } else { 0 };
+        for _ in 0..draws {
             // A random bucket among those holding entries: Core draws any
             // bucket and draws again while it is empty, which comes to the same.
-            let occupied = if tried { self.tried.occupied.len() } else { self.new.occupied.len() };
             let pick = self.rand_below(occupied);
             let bucket = usize::from(if tried { self.tried.occupied[pick] } else { self.new.occupied[pick] });
             let start = self.rand_below(BUCKET_SIZE);
@@ -1056,7 +1060,7 @@ impl AddrBook {
         // Few matching entries among many: draw among them directly.
         let table = if tried { &self.tried } else { &self.new };
         let matching: Vec<u32> =
-            table.slots.iter().copied().filter(|&id| id != EMPTY && query.matches_entry(self.entry(id))).collect();
+            table.ids().map(|(_, id)| id).filter(|&id| query.matches_entry(self.entry(id))).collect();
         let mut last = None;
         // The chance is at least 0.01 * 0.66^8 and the factor passes its
         // inverse within 45 rounds: the loop ends with a pick well before.
@@ -1079,12 +1083,8 @@ impl AddrBook {
     /// seen for 30 days, too many failures, times in the future); returns
     /// how many. Tried entries stay (see the module docs).
     pub fn remove_terrible(&mut self, now: u64) -> usize {
-        let doomed: Vec<usize> = (0..self.new.slots.len())
-            .filter(|&slot| {
-                let id = self.new.slots[slot];
-                id != EMPTY && self.entry(id).record.is_terrible(now)
-            })
-            .collect();
+        let doomed: Vec<usize> =
+            self.new.ids().filter(|&(_, id)| self.entry(id).record.is_terrible(now)).map(|(slot, _)| slot).collect();
         for &slot in &doomed {
             self.clear_new(slot);
         }
@@ -1145,12 +1145,15 @@ impl AddrBook {
         (((self.rand_u64() >> 32) * n as u64) >> 32) as usize
     }
 
-    /// Checks the book's invariants (as Core's `CheckAddrman`): each table
-    /// slot's entry is live, in that table and at the slot its key gives;
-    /// the counts, the index and the tables agree; every entry is in one
-    /// table; tried entries have connected; the collision set holds only
-    /// new entries, at most 10, without repeats. For tests and fuzzing; an
-    /// error says which invariant broke.
+    /// Checks the book's invariants (as Core's `CheckAddrman`): every
+    /// entry sits in one table, at the slot its key gives, and that slot
+    /// holds it; the index, the counts, the per-bucket counts and the list
+    /// of occupied buckets agree with the entries (so, as slots change only
+    /// with their bucket's count, no slot holds anything else); tried
+    /// entries have connected; only storable, canonical addresses are kept;
+    /// the collision set holds only new entries, at most 10, without
+    /// repeats. For tests and fuzzing; an error says which invariant broke.
+    /// It costs a few hashes per entry, not a scan of every slot.
     pub fn check(&self) -> Result<(), String> {
         let live = self.entries.iter().filter(|e| e.is_some()).count();
         if live != self.new.count + self.tried.count {
@@ -1159,49 +1162,55 @@ impl AddrBook {
         if self.index.len() != live || live + self.free.len() != self.entries.len() {
             return Err("index or free list out of step with the entries".into());
         }
-        for (tried, table, count) in
-            [(false, &self.new.slots, self.new.count), (true, &self.tried.slots, self.tried.count)]
-        {
-            let mut seen = 0;
-            for (slot, &id) in table.iter().enumerate() {
-                if id == EMPTY {
-                    continue;
-                }
-                seen += 1;
-                let Some(Some(entry)) = self.entries.get(id as usize) else {
-                    return Err(format!("slot {slot} refers to dead entry {id}"));
-                };
-                let r = &entry.record;
-                if r.tried != tried || entry.slot_index() != slot {
-                    return Err(format!("{} is not where its entry says", r.address));
-                }
-                let (bucket, position) = if tried {
-                    tried_slot_of(&self.key, &r.address)
-                } else {
-                    new_slot_of(&self.key, &r.address, &r.source)
-                };
-                if slot_index(bucket, position) != slot {
-                    return Err(format!("{} is in a slot its key does not give", r.address));
-                }
-                if self.index.get(&r.address) != Some(&id) {
-                    return Err(format!("{} is not indexed", r.address));
-                }
-                if entry.network != r.address.network() {
-                    return Err(format!("{} has a stale network", r.address));
-                }
-                if tried && r.last_success.is_none() {
-                    return Err(format!("{} is tried but never connected", r.address));
-                }
-                if !r.address.is_canonical() || !(r.address.is_routable() || r.address.is_local_ip()) {
-                    return Err(format!("{} should not be stored", r.address));
-                }
+        let mut per_bucket = [vec![0usize; NEW_BUCKET_COUNT], vec![0usize; TRIED_BUCKET_COUNT]];
+        for (id, entry) in self.entries.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            let r = &entry.record;
+            let (table, tried) = if r.tried { (&self.tried, 1) } else { (&self.new, 0) };
+            if table.slots.get(entry.slot_index()) != Some(&(id as u32)) {
+                return Err(format!("{} is not in the slot its entry names", r.address));
             }
-            if seen != count {
-                return Err(format!("table holds {seen} entries, count says {count}"));
+            per_bucket[tried][usize::from(entry.bucket)] += 1;
+            let expected = if r.tried {
+                tried_slot_of(&self.key, &r.address)
+            } else {
+                new_slot_of(&self.key, &r.address, &r.source)
+            };
+            if expected != (entry.bucket, entry.position) {
+                return Err(format!("{} is in a slot its key does not give", r.address));
+            }
+            if self.index.get(&r.address) != Some(&(id as u32)) {
+                return Err(format!("{} is not indexed", r.address));
+            }
+            if entry.network != r.address.network() {
+                return Err(format!("{} has a stale network", r.address));
+            }
+            if r.tried && r.last_success.is_none() {
+                return Err(format!("{} is tried but never connected", r.address));
+            }
+            if !r.address.is_canonical() || !(r.address.is_routable() || r.address.is_local_ip()) {
+                return Err(format!("{} should not be stored", r.address));
             }
         }
-        if !self.new.consistent() || !self.tried.consistent() {
-            return Err("bucket occupancy out of step with the slots".into());
+        for (table, counts) in [&self.new, &self.tried].into_iter().zip(&per_bucket) {
+            if counts.iter().sum::<usize>() != table.count {
+                return Err(format!(
+                    "a table counts {} entries, {} are in it",
+                    table.count,
+                    counts.iter().sum::<usize>()
+                ));
+            }
+            for (bucket, &n) in counts.iter().enumerate() {
+                let at = table.occupied_at[bucket];
+                let listed =
+                    if n == 0 { at == EMPTY } else { table.occupied.get(at as usize) == Some(&(bucket as u16)) };
+                if usize::from(table.bucket_len[bucket]) != n || !listed {
+                    return Err(format!("bucket {bucket} holds {n} entries, its count or listing disagrees"));
+                }
+            }
+            if table.occupied.len() != counts.iter().filter(|&&n| n > 0).count() {
+                return Err("the occupied buckets are listed wrong".into());
+            }
         }
         if self.collisions.len() > TRIED_COLLISION_SIZE {
             return Err("collision set over its bound".into());
@@ -1213,6 +1222,22 @@ impl AddrBook {
             }
             if self.collisions[..i].contains(&id) {
                 return Err(format!("collision {id} listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`check`](Self::check), and a scan of every slot of both tables
+    /// against the per-bucket counts.
+    #[cfg(test)]
+    fn check_all_slots(&self) -> Result<(), String> {
+        self.check()?;
+        for table in [&self.new, &self.tried] {
+            for (bucket, slots) in table.slots.chunks(BUCKET_SIZE).enumerate() {
+                let n = slots.iter().filter(|&&id| id != EMPTY).count();
+                if n != usize::from(table.bucket_len[bucket]) {
+                    return Err(format!("bucket {bucket} holds {n} ids, its count says {}", table.bucket_len[bucket]));
+                }
             }
         }
         Ok(())
@@ -1236,12 +1261,11 @@ impl PartialEq for AddrBook {
     /// Same key, setting, last-good time, entries in the same slots, and
     /// collisions; the selection RNG's state is not compared.
     fn eq(&self, other: &AddrBook) -> bool {
-        let same_slots = |a: &[u32], b: &[u32]| {
-            a.iter().zip(b).all(|(&x, &y)| match (x, y) {
-                (EMPTY, EMPTY) => true,
-                (EMPTY, _) | (_, EMPTY) => false,
-                (x, y) => self.entry(x) == other.entry(y),
-            })
+        let same_slots = |a: &Slots, b: &Slots| {
+            a.bucket_len == b.bucket_len
+                && a.ids()
+                    .zip(b.ids())
+                    .all(|((slot_a, x), (slot_b, y))| slot_a == slot_b && self.entry(x) == other.entry(y))
         };
         let collisions = |book: &AddrBook| -> Vec<Address> {
             book.collisions.iter().map(|&id| book.entry(id).record.address.clone()).collect()
@@ -1251,8 +1275,8 @@ impl PartialEq for AddrBook {
             && self.last_good == other.last_good
             && self.new.count == other.new.count
             && self.tried.count == other.tried.count
-            && same_slots(&self.new.slots, &other.new.slots)
-            && same_slots(&self.tried.slots, &other.tried.slots)
+            && same_slots(&self.new, &other.new)
+            && same_slots(&self.tried, &other.tried)
             && collisions(self) == collisions(other)
     }
 }
@@ -1307,8 +1331,8 @@ impl AddrBook {
         out.extend_from_slice(&(self.len() as u32).to_le_bytes());
         out.push(self.collisions.len() as u8);
         let mut file_index = HashMap::new();
-        for (tried, table) in [(false, &self.new.slots), (true, &self.tried.slots)] {
-            for &id in table.iter().filter(|&&id| id != EMPTY) {
+        for (tried, table) in [(false, &self.new), (true, &self.tried)] {
+            for (_, id) in table.ids() {
                 file_index.insert(id, file_index.len() as u32);
                 let entry = self.entry(id);
                 let r = &entry.record;

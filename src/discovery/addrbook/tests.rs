@@ -73,7 +73,7 @@ fn entries_of(bytes: &[u8]) -> &[u8] {
 fn assert_round_trip(book: &AddrBook) {
     let bytes = book.export();
     let loaded = AddrBook::import(&bytes, seed(99)).expect("an export imports");
-    loaded.check().expect("an imported book is consistent");
+    loaded.check_all_slots().expect("an imported book is consistent");
     assert_eq!(&loaded, book);
     assert_eq!(loaded.export(), bytes, "export(import(export(b))) != export(b)");
     assert_eq!(loaded.iter().collect::<Vec<_>>(), book.iter().collect::<Vec<_>>());
@@ -750,12 +750,13 @@ fn random_operations_keep_the_invariants_and_round_trip() {
         let mut limit = AddrRateLimit::new();
         for step in 0..400 {
             random_op(&mut book, &mut rng, &mut now, &mut limit);
-            // The full check rehashes every entry: every few steps keeps the
-            // loop fast in debug builds.
+            assert_eq!(book.entries.iter().flatten().count(), book.len(), "case {case} step {step}");
+            // The full check rehashes every entry and scans all 81,920
+            // slots: every few steps, to keep the loop fast in debug builds.
             if step % 4 != 3 {
                 continue;
             }
-            if let Err(e) = book.check() {
+            if let Err(e) = book.check_all_slots() {
                 panic!("case {case} step {step}: {e}");
             }
             assert!(book.len() <= CAPACITY);
@@ -769,6 +770,54 @@ fn random_operations_keep_the_invariants_and_round_trip() {
         }
         assert!(book.tried_len() > 0 && book.new_len() > 0, "case {case} did not exercise both tables");
     }
+}
+
+#[test]
+fn check_finds_broken_invariants() {
+    let book = || {
+        let book = small_book();
+        book.check_all_slots().expect("a sound book");
+        book
+    };
+    let some_new = |book: &AddrBook| book.new.ids().next().expect("a new entry");
+    // An entry that names another slot than the one holding it.
+    let mut b = book();
+    let (_, id) = some_new(&b);
+    b.entry_mut(id).position ^= 1;
+    assert!(b.check().is_err());
+    // An entry moved to a slot its key does not give.
+    let mut b = book();
+    let (slot, id) = some_new(&b);
+    let other = (slot + 1) % (NEW_BUCKET_COUNT * BUCKET_SIZE);
+    assert_eq!(b.new.slots[other], EMPTY);
+    b.new.clear(slot);
+    b.new.put(other, id);
+    b.entry_mut(id).position = (other % BUCKET_SIZE) as u8;
+    b.entry_mut(id).bucket = (other / BUCKET_SIZE) as u16;
+    assert!(b.check().unwrap_err().contains("key does not give"));
+    // A stray copy of an id in another slot.
+    let mut b = book();
+    let (slot, id) = some_new(&b);
+    b.new.put((slot + 7 * BUCKET_SIZE) % (NEW_BUCKET_COUNT * BUCKET_SIZE), id);
+    assert!(b.check().is_err());
+    // A slot written behind its bucket's count.
+    let mut b = book();
+    let (slot, id) = some_new(&b);
+    b.new.slots[(slot + 9 * BUCKET_SIZE) % (NEW_BUCKET_COUNT * BUCKET_SIZE)] = id;
+    assert!(b.check().is_ok(), "check trusts the bucket counts");
+    assert!(b.check_all_slots().is_err());
+    // An unindexed entry, a tried entry without a success, a bad collision.
+    let mut b = book();
+    let address = b.iter().next().unwrap().address.clone();
+    b.index.remove(&address);
+    assert!(b.check().is_err());
+    let mut b = book();
+    let tried = b.tried.ids().next().expect("a tried entry").1;
+    b.entry_mut(tried).record.last_success = None;
+    assert!(b.check().unwrap_err().contains("never connected"));
+    let mut b = book();
+    b.collisions.push(tried);
+    assert!(b.check().unwrap_err().contains("not a new entry"));
 }
 
 /// A book of `n` gossiped addresses, a fifth of them made good.
