@@ -1015,8 +1015,13 @@ impl AddrBook {
     /// Draws an entry matching `query` (Core's `Select`): a random bucket of
     /// the chosen table and a random position in it, the first matching
     /// entry from there, taken with probability [`chance`](Record::chance)
-    /// times a factor that grows by 1.2 after each refusal. `None` only if
-    /// no entry matches.
+    /// times a factor that grows by 1.2 after each refusal. With
+    /// [`Table::Any`], the tried table is used half the time when both
+    /// hold matches. When matches are rare the draw is among them directly
+    /// (see the module docs). `None` only if no entry matches.
+    ///
+    /// A filtered query counts the matches first, a pass over the entries;
+    /// [`Query::default`] does not.
     pub fn select(&mut self, query: &Query, now: u64) -> Option<Record> {
         let (new_n, tried_n) = if query.is_trivial() {
             (self.new.count, self.tried.count)
