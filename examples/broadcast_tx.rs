@@ -1,7 +1,7 @@
 //! Broadcasts one transaction with the one-shot API and leaves.
 //!
 //! ```text
-//! cargo run --example broadcast_tx -- --network NET [--peer PEER ... | [--seed HOST[:PORT] ...] [--peers N]]
+//! cargo run --example broadcast_tx -- --network NET [--peer PEER ... | [--seed HOST[:PORT] ...] [--peers N] [--book FILE]]
 //!     [--timeout SECS] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
 //! ```
 //!
@@ -11,7 +11,10 @@
 //! `--seed`s (each `HOST[:PORT]`, looked up or, with `--proxy`, reached
 //! through the proxy), else the network's DNS seeds, else its fixed seeds.
 //! Each peer line then says how the peer was found: `found=seed seed=HOST`,
-//! `found=book` (learned from another peer's `addr`) or `found=fixed`.
+//! `found=book` (from the address book: `--book FILE`, kept from an earlier
+//! run, or learned from another peer's `addr`) or `found=fixed`. With
+//! `--book`, the book is read first (a damaged file is an error, and is
+//! left alone) and saved after the run with what it learned.
 //! `--proxy` sends every connection through a SOCKS5 proxy (Bitcoin Core's
 //! `-proxy`), which then also resolves host names: nothing connects
 //! directly, the v2-to-v1 fallback retry included. `--onion-proxy` is the
@@ -41,7 +44,7 @@ use peerlink::Config;
 use peerlink::broadcast::DeliveryKind;
 use peerlink::error::Report;
 
-const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest [--peer PEER ... | [--seed HOST[:PORT] ...] [--peers N]] [--timeout SECS] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
+const USAGE: &str = "usage: broadcast_tx --network main|test|testnet4|signet|regtest [--peer PEER ... | [--seed HOST[:PORT] ...] [--peers N] [--book FILE]] [--timeout SECS] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT] TX_HEX
   PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT
   without --peer, N peers (default 4) are found through the seeds (--seed, else the network's DNS seeds, else its fixed seeds)";
 
@@ -50,6 +53,7 @@ struct Args {
     peers: Vec<Target>,
     seeds: Vec<String>,
     count: Option<usize>,
+    book: Option<std::path::PathBuf>,
     proxies: common::Proxies,
     timeout: Duration,
     tx: Transaction,
@@ -60,6 +64,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut peers = Vec::new();
     let mut seeds = Vec::new();
     let mut count = None;
+    let mut book = None;
     let mut proxies = common::Proxies::default();
     let mut timeout = Duration::from_secs(30);
     let mut tx = None;
@@ -74,6 +79,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 peers.push(common::target("--peer address", &v)?);
             }
             "--seed" => seeds.push(common::seed(&common::value(&mut args, "--seed")?)?),
+            "--book" => book = Some(std::path::PathBuf::from(common::value(&mut args, "--book")?)),
             "--peers" => {
                 let v = common::value(&mut args, "--peers")?;
                 let n: usize = v.parse().map_err(|_| format!("bad --peers value {v:?}"))?;
@@ -99,13 +105,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     let network = network.ok_or("--network is required")?;
-    if !peers.is_empty() && (!seeds.is_empty() || count.is_some()) {
-        return Err("--peer excludes --seed and --peers".into());
+    if !peers.is_empty() && (!seeds.is_empty() || count.is_some() || book.is_some()) {
+        return Err("--peer excludes --seed, --peers and --book".into());
     }
-    if peers.is_empty() && seeds.is_empty() && peerlink::discovery::seeds::dns_seeds(network).is_empty() {
-        return Err(format!("{network} has no DNS seeds: give --peer or --seed"));
+    let no_seeds = seeds.is_empty() && peerlink::discovery::seeds::dns_seeds(network).is_empty();
+    if peers.is_empty() && no_seeds && book.is_none() {
+        return Err(format!("{network} has no DNS seeds: give --peer, --seed or --book"));
     }
-    Ok(Args { network, peers, seeds, count, proxies, timeout, tx: tx.ok_or("TX_HEX is required")? })
+    Ok(Args { network, peers, seeds, count, book, proxies, timeout, tx: tx.ok_or("TX_HEX is required")? })
 }
 
 fn main() -> ExitCode {
@@ -121,7 +128,27 @@ fn main() -> ExitCode {
     let result = if args.peers.is_empty() {
         let pool = common::pool_config(args.network, &args.seeds);
         let count = args.count.unwrap_or(4);
-        peerlink::broadcast::to_network_with(config, pool, &args.tx, count, args.timeout)
+        let book = match args.book.as_deref().map(common::load_book).transpose() {
+            Ok(book) => book,
+            Err(e) => {
+                println!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match book {
+            Some(book) => {
+                let path = args.book.as_deref().expect("a book comes from a path");
+                peerlink::broadcast::to_network_from(config, pool, book, &args.tx, count, args.timeout).map(
+                    |(outcomes, book)| {
+                        if let Err(e) = common::save_book(path, &book) {
+                            println!("error: {e}");
+                        }
+                        outcomes
+                    },
+                )
+            }
+            None => peerlink::broadcast::to_network_with(config, pool, &args.tx, count, args.timeout),
+        }
     } else {
         peerlink::broadcast::broadcast(config, &args.tx, &args.peers, args.timeout)
     };

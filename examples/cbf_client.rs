@@ -1,7 +1,7 @@
 //! A BIP157/158 compact-block-filter light client sketch on top of peerlink.
 //!
 //! ```text
-//! cargo run --example cbf_client -- --network NET [--peer PEER | --seed HOST[:PORT] ...] [--script HEX ...]
+//! cargo run --example cbf_client -- --network NET [--peer PEER | [--seed HOST[:PORT] ...] [--book FILE]] [--script HEX ...]
 //!     [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
 //! ```
 //!
@@ -18,8 +18,10 @@
 //!    looked up, or reached through the proxy), else the network's DNS
 //!    seeds with the `x49` service prefix, else the fixed seeds. The
 //!    `ready` line then says how the peer was found:
-//!    `found=seed seed=HOST`, `found=book` (learned from another peer) or
-//!    `found=fixed`.
+//!    `found=seed seed=HOST`, `found=book` (from `--book FILE`, the address
+//!    book an earlier run saved, or learned from another peer) or
+//!    `found=fixed`. With `--book` the book is read first (a damaged file
+//!    is an error and is left alone) and saved after a verified sync.
 //! 2. Syncs the headers with `getheaders`, checking links and proof of work.
 //! 3. Fetches `cfcheckpt` and `cfheaders`, builds the filter-header chain and
 //!    verifies it against every checkpoint.
@@ -46,7 +48,7 @@ use peerlink::discovery::Pooled;
 use peerlink::error::Report;
 use peerlink::{Config, DisconnectReason, Event, Handle, PeerId, SessionError, Target};
 
-const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest [--peer PEER | --seed HOST[:PORT] ...] [--script HEX ...] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
+const USAGE: &str = "usage: cbf_client --network main|test|testnet4|signet|regtest [--peer PEER | [--seed HOST[:PORT] ...] [--book FILE]] [--script HEX ...] [--proxy [USER:PASS@]HOST:PORT] [--onion-proxy [USER:PASS@]HOST:PORT]
   PEER is IP:PORT, [IPV6]:PORT, HOST:PORT or NAME.onion:PORT
   without --peer, a peer with NODE_COMPACT_FILTERS is found through the seeds (--seed, else the network's DNS seeds)";
 /// BIP157: filter type 0 is the basic filter.
@@ -65,12 +67,14 @@ struct Args {
     network: bitcoin::Network,
     peer: Option<Target>,
     seeds: Vec<String>,
+    book: Option<std::path::PathBuf>,
     proxies: common::Proxies,
     scripts: Vec<ScriptBuf>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut network, mut peer, mut scripts, mut seeds) = (None, None, Vec::new(), Vec::new());
+    let mut book = None;
     let mut proxies = common::Proxies::default();
     while let Some(arg) = args.next() {
         if proxies.take(&arg, &mut args)? {
@@ -83,6 +87,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 peer = Some(common::target("--peer address", &v)?);
             }
             "--seed" => seeds.push(common::seed(&common::value(&mut args, "--seed")?)?),
+            "--book" => book = Some(std::path::PathBuf::from(common::value(&mut args, "--book")?)),
             "--script" => {
                 let v = common::value(&mut args, "--script")?;
                 scripts.push(ScriptBuf::from_hex(&v).map_err(|e| format!("bad --script hex {v:?}: {}", Report(&e)))?);
@@ -92,13 +97,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     let network = network.ok_or("--network is required")?;
-    if peer.is_some() && !seeds.is_empty() {
-        return Err("--peer and --seed exclude each other".into());
+    if peer.is_some() && (!seeds.is_empty() || book.is_some()) {
+        return Err("--peer excludes --seed and --book".into());
     }
-    if peer.is_none() && seeds.is_empty() && peerlink::discovery::seeds::dns_seeds(network).is_empty() {
-        return Err(format!("{network} has no DNS seeds: give --peer or --seed"));
+    let no_seeds = seeds.is_empty() && peerlink::discovery::seeds::dns_seeds(network).is_empty();
+    if peer.is_none() && no_seeds && book.is_none() {
+        return Err(format!("{network} has no DNS seeds: give --peer, --seed or --book"));
     }
-    Ok(Args { network, peer, seeds, proxies, scripts })
+    Ok(Args { network, peer, seeds, book, proxies, scripts })
 }
 
 fn main() -> ExitCode {
@@ -189,7 +195,11 @@ fn find(config: Config, args: &Args) -> Result<(Pooled, PeerId), String> {
     let mut pool = common::pool_config(args.network, &args.seeds);
     pool.outbound = 1;
     pool.services |= ServiceFlags::COMPACT_FILTERS;
-    let mut net = Pooled::start(config, pool).map_err(|e| Report(&e).to_string())?;
+    let book = match &args.book {
+        Some(path) => common::load_book(path)?,
+        None => peerlink::discovery::addrbook::AddrBook::new(common::book_key()?),
+    };
+    let mut net = Pooled::with_book(config, pool, book).map_err(|e| Report(&e).to_string())?;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -227,7 +237,7 @@ fn run(args: &Args) -> Result<(), String> {
     config.session.required_services = ServiceFlags::COMPACT_FILTERS;
     args.proxies.apply(&mut config);
     // The pool (when we searched) stays alive with the handle.
-    let (handle, peer, _pool) = match &args.peer {
+    let (handle, peer, pool) = match &args.peer {
         Some(target) => {
             let (handle, peer) = connect(config, target)?;
             (handle, peer, None)
@@ -338,6 +348,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
     debug_assert_eq!(filter_hashes.len(), filters);
     println!("matches={matches}");
+    if let (Some(net), Some(path)) = (&pool, &args.book) {
+        common::save_book(path, net.pool().book())?;
+    }
     println!("synced tip={tip} filters={filters}");
     Ok(())
 }

@@ -31,6 +31,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::{Transaction, Txid, Wtxid};
 
+use crate::discovery::addrbook::AddrBook;
 use crate::discovery::{Origin, PeerKind, PoolConfig, Pooled};
 use crate::error::RecvTimeoutError;
 use crate::event::{ConnectError, DisconnectReason, Event, PeerId, SendError};
@@ -314,16 +315,34 @@ pub fn to_network(
 /// in [`broadcast`], from distinct network groups unless
 /// [`PoolConfig::distinct_groups`] is off.
 pub fn to_network_with(
-    mut config: Config,
-    mut pool: PoolConfig,
+    config: Config,
+    pool: PoolConfig,
     tx: &Transaction,
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<Outcome>, StartError> {
+    let book = AddrBook::new(Rng::from_os().bytes32());
+    to_network_from(config, pool, book, tx, count, timeout).map(|(outcomes, _)| outcomes)
+}
+
+/// As [`to_network_with`], drawing first from `book` (an address book kept
+/// from an earlier run, [`AddrBook::import`]), and returning the book
+/// with what this run learned, to save ([`AddrBook::export`]) for the next.
+/// Peers from the book have [`Origin::Book`]; the seeds are asked only if
+/// the book holds fewer than 1,000 addresses and no peer is ready after 11
+/// seconds (Core's rule), or at once if it is empty.
+pub fn to_network_from(
+    mut config: Config,
+    mut pool: PoolConfig,
+    book: AddrBook,
+    tx: &Transaction,
+    count: usize,
+    timeout: Duration,
+) -> Result<(Vec<Outcome>, AddrBook), StartError> {
     config.listen.clear();
     pool.outbound = count;
     pool.feeler_interval = None;
-    let mut net = Pooled::start(config, pool)?;
+    let mut net = Pooled::with_book(config, pool, book)?;
     let mut machine = Broadcaster::new(tx, &[], Instant::now(), timeout, Rng::from_os());
     let mut out = Outbox::default();
     loop {
@@ -359,8 +378,7 @@ pub fn to_network_with(
             Err(RecvTimeoutError::Disconnected) => machine.reactor_gone(),
         }
     }
-    net.shutdown();
-    Ok(machine.into_outcomes())
+    Ok((machine.into_outcomes(), net.into_book()))
 }
 
 /// Carries the machine's actions out on a handle, holding messages the

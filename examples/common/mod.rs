@@ -191,3 +191,39 @@ pub fn args<T>(
         std::process::ExitCode::from(2)
     })
 }
+
+/// The address book saved at `path` by an earlier run, or a new one if
+/// there is no file yet. A file that cannot be read or is damaged is an
+/// error: it is left as it is, for the user to look at or delete.
+#[allow(dead_code)]
+pub fn load_book(path: &std::path::Path) -> Result<peerlink::discovery::addrbook::AddrBook, String> {
+    use peerlink::discovery::addrbook::AddrBook;
+    let key = book_key()?;
+    match std::fs::read(path) {
+        Ok(bytes) => AddrBook::import(&bytes, key)
+            .map_err(|e| format!("address book {}: {}", path.display(), peerlink::error::Report(&e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AddrBook::new(key)),
+        Err(e) => Err(format!("address book {}: {e}", path.display())),
+    }
+}
+
+/// Saves `book` at `path`: written next to it, then renamed over it, so a
+/// crash never leaves half a file.
+#[allow(dead_code)]
+pub fn save_book(path: &std::path::Path, book: &peerlink::discovery::addrbook::AddrBook) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, book.export())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot save the address book {}: {e}", path.display()))
+}
+
+/// A random secret key for a new address book (its bucketing key).
+#[allow(dead_code)]
+pub fn book_key() -> Result<[u8; 32], String> {
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+        .map_err(|e| format!("no randomness for the address book: {e}"))?;
+    Ok(key)
+}

@@ -191,6 +191,13 @@ impl Pooled {
         self.handle.shutdown();
     }
 
+    /// Stops the reactor and returns the pool's address book, with what
+    /// this run learned, to save ([`AddrBook::export`]) for the next one.
+    pub fn into_book(self) -> AddrBook {
+        self.handle.shutdown();
+        self.pool.into_book()
+    }
+
     fn tick(&mut self) {
         let now = Instant::now();
         self.pool.tick(now, unix_now());

@@ -451,6 +451,11 @@ impl Pool {
         &mut self.book
     }
 
+    /// The address book, to keep for the next run ([`AddrBook::export`]).
+    pub fn into_book(self) -> AddrBook {
+        self.book
+    }
+
     /// What the pool did so far.
     pub fn stats(&self) -> PoolStats {
         self.stats

@@ -708,6 +708,67 @@ fn broadcast_tx_finds_its_peer_through_the_seeds() {
     assert_eq!(node.join().expect("the node thread"), Some(tx), "the node received the transaction");
 }
 
+/// A fresh, empty directory for one test's files.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peerlink-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `broadcast_tx --book FILE`: the first run finds its peer through the
+/// seed and saves what it learned; the second, whose seed is dead, takes
+/// its peers from the saved book (`found=book`); a damaged book is refused
+/// with a clear error and left as it was.
+#[test]
+fn broadcast_tx_keeps_an_address_book_between_runs() {
+    use crate::addr_server::AddrServer;
+    use std::net::Ipv4Addr;
+
+    let hex = bitcoin::consensus::encode::serialize_hex(&crate::common::big_tx(200));
+    let known: Vec<AddrServer> = (0..2).map(|i| AddrServer::start(Ipv4Addr::new(127, 0, 0, 42 + i), Vec::new())).collect();
+    let seed = AddrServer::start(Ipv4Addr::new(127, 0, 0, 41), known.iter().map(AddrServer::addr).collect());
+    let dir = scratch_dir("book");
+    let book = dir.join("peers.book");
+
+    let first = run_example(
+        "broadcast_tx",
+        &strings(&[&"--network", &"regtest", &"--seed", &seed.addr(), &"--peers", &1, &"--book", &book.display(), &hex]),
+    );
+    assert!(first.status.success(), "{first}");
+    let line = format!("peer={} found=seed seed={} result=not-requested ", seed.addr(), seed.addr());
+    assert!(first.lines().iter().any(|l| l.starts_with(&line)), "{first}");
+    let saved = std::fs::read(&book).expect("the book was saved");
+    let loaded = peerlink::discovery::addrbook::AddrBook::import(&saved, [1; 32]).expect("a valid book");
+    assert_eq!(loaded.len(), 3, "the seed's peer and the two it named");
+    assert_eq!(loaded.tried_len(), 1, "the peer we used is tried");
+
+    let dead = closed_port();
+    let second = run_example(
+        "broadcast_tx",
+        &strings(&[&"--network", &"regtest", &"--seed", &dead, &"--peers", &2, &"--book", &book.display(), &hex]),
+    );
+    assert!(second.status.success(), "{second}");
+    let peers: Vec<&str> = second.lines().into_iter().filter(|l| l.starts_with("peer=")).collect();
+    assert_eq!(peers.len(), 2, "{second}");
+    assert!(peers.iter().all(|l| l.contains(" found=book result=not-requested ")), "{second}");
+    assert!(!second.stdout.contains(&dead.to_string()), "the book sufficed: the seed was not needed\n{second}");
+
+    let mut damaged = std::fs::read(&book).unwrap();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    std::fs::write(&book, &damaged).unwrap();
+    let third = run_example(
+        "broadcast_tx",
+        &strings(&[&"--network", &"regtest", &"--seed", &seed.addr(), &"--book", &book.display(), &hex]),
+    );
+    assert_eq!(third.status.code(), Some(1), "{third}");
+    let error = format!("error: address book {}: ", book.display());
+    assert!(third.lines().iter().any(|l| l.starts_with(&error) && l.contains("checksum")), "{third}");
+    assert_eq!(std::fs::read(&book).unwrap(), damaged, "a damaged book is left as it was");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `broadcast_tx` with its proxy down: the peer's line says why, naming the
 /// proxy; no peer has the transaction, so the exit code is 1; and nothing
 /// connects directly.
