@@ -153,6 +153,13 @@ pub mod __fuzz {
     pub fn simulate(data: &[u8]) {
         crate::reactor::sim::fuzz(data);
     }
+
+    /// Runs the outbound pool on the operation sequence `data` decodes to
+    /// (events, lookups, ticks, manual peers) and checks its invariants
+    /// after every step: panics if one breaks.
+    pub fn pool(data: &[u8]) {
+        crate::discovery::pool::ops::run(data);
+    }
 }
 
 /// Starts a reactor that speaks the Bitcoin wire format on `config.magic`'s

@@ -48,6 +48,7 @@ fn main() {
         ("socks5_reply", socks5_seeds()),
         ("session", session_seeds(&m)),
         ("addrbook", addrbook_seeds(&m)),
+        ("pool", pool_seeds()),
     ] {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).expect("create the corpus directory");
@@ -583,4 +584,41 @@ fn addrbook_seeds(m: &Messages) -> Seeds {
         ("ops-gossip".to_owned(), with_mode(2, &gossip)),
         ("ops-collisions".to_owned(), with_mode(2, &collisions)),
     ]
+}
+
+/// `pool` seeds (layout in `src/discovery/pool/ops.rs`): one byte pair of
+/// configuration per flag combination of interest, the six fixed-seed
+/// addresses and the book seed, then a script: a tick (the seeds are
+/// asked), lookup answers, handshakes with and without the services, an
+/// `addrv2` of mixed networks, failures, a manual peer and time jumps.
+fn pool_seeds() -> Seeds {
+    // Op codes: 0 tick (jump, scale), 1 ready (peer, services lo, hi),
+    // 2 connect failed (peer), 3 disconnected (peer), 4 addr (peer, n, v2,
+    // entries..., age), 6 lookup answer (which, ok, n, ips...), 7 manual
+    // (kind, address), 8 an inbound peer (byte).
+    let mut script = vec![0, 1, 1];
+    script.extend([6, 0, 1, 12]);
+    script.extend((0..12u8).flat_map(|i| [i * 7, i, i * 3]));
+    for peer in 0..4u8 {
+        script.extend([1, peer, 0x09, 0x00]);
+    }
+    script.extend([1, 4, 0x01, 0x00]);
+    script.extend([4, 0, 8, 0]);
+    for kind in 0..8u8 {
+        script.extend([kind, 1, 30 + kind, kind, 9, 1]);
+    }
+    script.push(3);
+    script.extend([2, 5, 3, 1, 0, 10, 2]);
+    script.extend([7, 0, 0, 44, 1, 2, 3]);
+    script.extend([8, 77, 0, 200, 3, 0, 60, 2]);
+    let fixed: Vec<u8> = (0..6u8).flat_map(|i| [i, 20 + i, 1, 2, 3, 4]).collect();
+    let mut seeds = Vec::new();
+    for (name, flags) in [("direct", 0u8), ("proxy", 0x06), ("onlynet-ipv4", 0x08), ("feelers-one-group", 0x11)] {
+        let mut bytes = vec![7, flags];
+        bytes.extend(&fixed);
+        bytes.push(42);
+        bytes.extend(&script);
+        seeds.push((format!("script-{name}"), bytes));
+    }
+    seeds
 }

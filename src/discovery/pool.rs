@@ -1091,3 +1091,6 @@ fn seed_group(host: &str) -> NetGroup {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(any(test, fuzzing))]
+pub(crate) mod ops;

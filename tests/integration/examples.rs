@@ -726,14 +726,25 @@ fn broadcast_tx_keeps_an_address_book_between_runs() {
     use std::net::Ipv4Addr;
 
     let hex = bitcoin::consensus::encode::serialize_hex(&crate::common::big_tx(200));
-    let known: Vec<AddrServer> = (0..2).map(|i| AddrServer::start(Ipv4Addr::new(127, 0, 0, 42 + i), Vec::new())).collect();
+    let known: Vec<AddrServer> =
+        (0..2).map(|i| AddrServer::start(Ipv4Addr::new(127, 0, 0, 42 + i), Vec::new())).collect();
     let seed = AddrServer::start(Ipv4Addr::new(127, 0, 0, 41), known.iter().map(AddrServer::addr).collect());
     let dir = scratch_dir("book");
     let book = dir.join("peers.book");
 
     let first = run_example(
         "broadcast_tx",
-        &strings(&[&"--network", &"regtest", &"--seed", &seed.addr(), &"--peers", &1, &"--book", &book.display(), &hex]),
+        &strings(&[
+            &"--network",
+            &"regtest",
+            &"--seed",
+            &seed.addr(),
+            &"--peers",
+            &1,
+            &"--book",
+            &book.display(),
+            &hex,
+        ]),
     );
     assert!(first.status.success(), "{first}");
     let line = format!("peer={} found=seed seed={} result=not-requested ", seed.addr(), seed.addr());
