@@ -298,7 +298,7 @@ mod tests {
         let mut state: u64 = 0x2545_f491_4f6c_dd1d;
         let cases = if cfg!(debug_assertions) { 40 } else { 300 };
         for case in 0..cases {
-            let len = 64 + case * 7 % 2000;
+            let len = 64 + case * 397 % 2000;
             let data: Vec<u8> = (0..len)
                 .map(|_| {
                     state ^= state << 13;
