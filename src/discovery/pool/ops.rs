@@ -68,7 +68,9 @@ fn address(kind: u8, b: &mut Bytes<'_>) -> (AddrV2, u16) {
     (addr, port)
 }
 
-fn info(peer: PeerId, target: Target, services: ServiceFlags, direction: Direction) -> PeerInfo {
+/// What the reactor reports of a peer after its handshake (also used by the
+/// pool's unit tests).
+pub(super) fn info(peer: PeerId, target: Target, services: ServiceFlags, direction: Direction) -> PeerInfo {
     let addr = target.socket_addr().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9050)));
     PeerInfo {
         peer,

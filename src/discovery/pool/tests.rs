@@ -11,10 +11,8 @@ use bitcoin::p2p::message::NetworkMessage;
 
 use super::*;
 use crate::PeerInfo;
-use crate::codec::Transport;
 use crate::discovery::seeds::ResolveError;
 use crate::event::{ConnectError, Direction, DisconnectReason};
-use crate::session::{Features, PeerVersion};
 
 const UNIX: u64 = 1_700_000_000;
 
@@ -116,26 +114,7 @@ impl Harness {
 }
 
 fn info(peer: PeerId, target: Target, services: ServiceFlags) -> PeerInfo {
-    let addr = target.socket_addr().unwrap_or_else(|| "127.0.0.1:9050".parse().unwrap());
-    PeerInfo {
-        peer,
-        addr,
-        target,
-        proxy: None,
-        local_addr: None,
-        direction: Direction::Outbound,
-        transport: Transport::V1,
-        version: Some(PeerVersion {
-            version: 70016,
-            services,
-            user_agent: "/test/".into(),
-            start_height: 0,
-            relay: true,
-            nonce: 1,
-        }),
-        features: Features::default(),
-        ready: true,
-    }
+    super::ops::info(peer, target, services, Direction::Outbound)
 }
 
 fn good_services() -> ServiceFlags {
