@@ -179,9 +179,26 @@ fn outbound_connections_beyond_the_cap_fail_with_a_typed_error() {
     let a = client.connect(addr).unwrap();
     let b = client.connect(addr).unwrap();
     let third = client.connect(addr).unwrap();
-    let error = connect_failure(&client, third);
+    // The refusal and the two connects may be reported in any order; the
+    // peer list holds a connection only once its `Connected` is out.
+    let (mut error, mut up) = (None, Vec::new());
+    while error.is_none() || up.len() < 2 {
+        match wait_for(&client, |e| match e {
+            Event::ConnectFailed { peer, error, .. } if peer == third => Some(Err(error)),
+            Event::Connected { peer, .. } => Some(Ok(peer)),
+            _ => None,
+        }) {
+            Err(failed) => error = Some(failed),
+            Ok(peer) => {
+                assert_ne!(peer, third, "connected past the cap");
+                up.push(peer);
+            }
+        }
+    }
+    let error = error.unwrap();
     assert!(matches!(error, peerlink::ConnectError::TooManyOutbound { max: 2 }), "{error:?}");
     assert_eq!(error.to_string(), "2 outbound connections already (the maximum)");
+    assert!(up.contains(&a) && up.contains(&b), "{up:?}");
     // The server saw two connections only.
     connected(&server);
     connected(&server);
