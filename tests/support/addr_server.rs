@@ -322,8 +322,9 @@ impl Server {
                 .iter()
                 .map(|(addr, port)| AddrV2Message { time, services, addr: addr.clone(), port: *port })
                 .collect();
-            self.send(peer, NetworkMessage::AddrV2(list));
+            // Counted before it is sent: a test that has the answer may read the count.
             self.update(|s| s.addrv2_answers += 1);
+            self.send(peer, NetworkMessage::AddrV2(list));
         } else {
             let list = answers
                 .iter()
@@ -336,8 +337,9 @@ impl Server {
                     Some((time, Address::new(&socket, services)))
                 })
                 .collect();
-            self.send(peer, NetworkMessage::Addr(list));
+            // Counted before it is sent: a test that has the answer may read the count.
             self.update(|s| s.addr_answers += 1);
+            self.send(peer, NetworkMessage::Addr(list));
         }
     }
 }
