@@ -498,11 +498,42 @@ impl Pool {
     /// Adds a peer that the pool connects to and keeps: it is reconnected
     /// with backoff whenever it goes, and never dropped. It does not count
     /// against [`PoolConfig::outbound`].
+    ///
+    /// A connection the pool already holds to `target` as an ordinary
+    /// outbound peer becomes the manual peer's connection: the pool never
+    /// opens a second one to the same target.
     pub fn add_manual(&mut self, target: Target, now: Instant) {
         if self.manual.iter().any(|(t, _, _)| *t == target) {
             return;
         }
-        self.manual.push((target, None, Backoff { failures: 0, until: now }));
+        self.manual.push((target.clone(), None, Backoff { failures: 0, until: now }));
+        self.adopt_manual(&target);
+    }
+
+    /// Makes a held or dialling outbound connection to the manual peer
+    /// `target` its connection; whether one to `target` exists (of any
+    /// kind).
+    fn adopt_manual(&mut self, target: &Target) -> bool {
+        let held = self.held.iter_mut().find(|(_, h)| h.target == *target);
+        if let Some((peer, h)) = held {
+            let peer = *peer;
+            if h.kind == PeerKind::Outbound {
+                h.kind = PeerKind::Manual;
+                if let Some(m) = self.manual.iter_mut().find(|(t, _, _)| t == target) {
+                    m.1 = Some(peer);
+                }
+            }
+            return true;
+        }
+        match self.dialing.values_mut().find(|h| h.target == *target) {
+            Some(h) => {
+                if h.kind == PeerKind::Outbound {
+                    h.kind = PeerKind::Manual;
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops keeping a manual peer; returns its id if it is connected (the
@@ -888,10 +919,15 @@ impl Pool {
         let due: Vec<Target> = self
             .manual
             .iter()
-            .filter(|(t, peer, b)| peer.is_none() && b.until <= now && !self.dialing.values().any(|h| h.target == *t))
+            .filter(|(_, peer, b)| peer.is_none() && b.until <= now)
             .map(|(t, _, _)| t.clone())
             .collect();
         for target in due {
+            // Already connected or dialling (a feeler, an addr fetch, or an
+            // outbound peer, which this adopts): no second connection.
+            if self.adopt_manual(&target) {
+                continue;
+            }
             let address = target.to_addr_v2().map(|a| Address::new(a, target.port()));
             let group = Some(NetGroup::of_target(&target));
             self.dial(Held::new(target, address, group, PeerKind::Manual, Origin::Manual, now), unix);
@@ -978,7 +1014,11 @@ impl Pool {
             return false;
         }
         let busy = self.held.values().chain(self.dialing.values()).any(|h| h.address.as_ref() == Some(address));
-        if busy {
+        // A manual peer's address is dialled as that peer only, even while
+        // it waits out its backoff.
+        let manual =
+            self.manual.iter().any(|(t, _, _)| t.to_addr_v2().is_some_and(|a| Address::new(a, t.port()) == *address));
+        if busy || manual {
             return false;
         }
         if self.backoff.get(address).is_some_and(|b| b.until > now) {

@@ -277,7 +277,7 @@ fn check(pool: &Pool, config: &PoolConfig) {
     let mut seen = HashSet::new();
     for p in &peers {
         if p.kind != super::PeerKind::AddrFetch {
-            assert!(seen.insert(p.target.clone()), "two connections to {}", p.target);
+            assert!(seen.insert(p.target.clone()), "two connections to {}: {peers:?}", p.target);
         }
     }
     if config.distinct_groups {
@@ -311,5 +311,22 @@ mod tests {
                 .collect();
             super::run(&data);
         }
+    }
+}
+
+#[cfg(test)]
+mod regressions {
+    /// Found by the `pool` fuzz target in CI: a manual onion peer that the
+    /// pool also held as another kind.
+    #[test]
+    fn fuzz_crash_two_connections_to_an_onion() {
+        let data = [
+            7, 6, 0, 20, 1, 2, 3, 4, 1, 23, 1, 2, 3, 4, 2, 9, 3, 4, 2, 9, 0, 1, 7, 0, 1, 44, 1, 2, 3, 3, 9, 0, 1, 4, 1,
+            0, 4, 0, 8, 0, 0, 1, 30, 0, 9, 1, 1, 1, 31, 1, 9, 1, 2, 1, 32, 2, 9, 1, 3, 1, 33, 3, 9, 1, 146, 146, 146,
+            146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146,
+            146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 146, 4, 1, 34, 4, 9, 1, 13, 1, 35, 5, 9,
+            1, 6, 1, 36, 6, 9, 1, 7, 1, 37, 7, 9, 1, 3, 2, 5, 3, 1, 0, 102, 10, 2, 7, 0, 0, 44, 1, 2, 3, 8, 0, 60, 2,
+        ];
+        super::run(&data);
     }
 }

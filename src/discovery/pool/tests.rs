@@ -332,6 +332,32 @@ fn manual_peers_are_kept_and_not_counted() {
 }
 
 #[test]
+fn a_manual_peer_the_pool_already_holds_is_adopted_not_dialled_twice() {
+    let mut c = config();
+    c.outbound = 2;
+    let mut h = Harness::new(c);
+    for i in 0..10 {
+        h.add(routable(i), good_services());
+    }
+    h.tick();
+    let (peer, target) = h.dialled[0].clone();
+    h.ready(peer, good_services());
+    h.pool.add_manual(target.clone(), h.now);
+    assert_eq!(h.pool.peer(peer).map(|p| p.kind), Some(PeerKind::Manual), "adopted");
+    h.tick();
+    assert_eq!(h.dialled.iter().filter(|(_, t)| *t == target).count(), 1, "no second connection");
+    assert_eq!(h.dialled.len(), 3, "the freed outbound slot is refilled");
+    // Gone: it is redialled as the manual peer, and refills never take
+    // its address while it waits out its backoff.
+    h.gone(peer);
+    assert_eq!(h.dialled.iter().filter(|(_, t)| *t == target).count(), 1, "not redialled as outbound");
+    h.advance(Duration::from_secs(3));
+    let again: Vec<_> = h.dialled.iter().filter(|(_, t)| *t == target).map(|(p, _)| *p).collect();
+    assert_eq!(again.len(), 2, "redialled once: {:?}", h.dialled);
+    assert_eq!(h.pool.peer(again[1]).map(|p| p.kind), Some(PeerKind::Manual));
+}
+
+#[test]
 fn feelers_test_new_addresses_once_the_slots_are_full() {
     let mut c = config();
     c.outbound = 2;
