@@ -538,10 +538,32 @@ impl Pool {
 
     /// Stops keeping a manual peer; returns its id if it is connected (the
     /// pool does not disconnect it: that is the caller's choice).
+    ///
+    /// The connection becomes one of the pool's outbound peers if it could
+    /// have been chosen as one: a free slot, an address the pool may dial,
+    /// the required services once ready, and (with
+    /// [`PoolConfig::distinct_groups`]) a group no other peer has.
+    /// Otherwise the pool keeps it, uncounted, until it goes, and never
+    /// redials it.
     pub fn remove_manual(&mut self, target: &Target) -> Option<PeerId> {
         let i = self.manual.iter().position(|(t, _, _)| t == target)?;
         let (_, peer, _) = self.manual.remove(i);
-        if let Some(p) = peer
+        let p = peer?;
+        let fits = self.held.get(&p).is_some_and(|h| {
+            let reachable = h.address.as_ref().is_some_and(|a| self.config.reaches(a.network()));
+            let services = !h.ready || h.services.has(self.config.services);
+            let group_free = !self.config.distinct_groups
+                || !self
+                    .held
+                    .iter()
+                    .filter(|(q, _)| **q != p)
+                    .map(|(_, o)| o)
+                    .chain(self.dialing.values())
+                    .any(|o| matches!(o.kind, PeerKind::Outbound | PeerKind::Manual) && o.group == h.group);
+            reachable && services && group_free
+        });
+        if fits
+            && self.outbound_count() < self.config.outbound
             && let Some(h) = self.held.get_mut(&p)
         {
             h.kind = PeerKind::Outbound;

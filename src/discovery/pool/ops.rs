@@ -8,7 +8,8 @@
 //! after a time jump, a handshake (with services) or failure or
 //! disconnection of a held peer, an `addr`/`addrv2` of random entries
 //! (IPv4, IPv6, onion, I2P, loopback) from a held or an unknown peer, a
-//! seed lookup answer or error, a manual peer. Past the end of the input
+//! seed lookup answer or error, a manual peer added (or removed, when it
+//! is one already). Past the end of the input
 //! every read gives zero.
 //!
 //! Invariants: no panic; never more outbound peers held or dialling than
@@ -216,8 +217,13 @@ pub(crate) fn run(data: &[u8]) {
                 let kind = b.u8();
                 let (addr, port) = address(kind, &mut b);
                 if let Ok(target) = Target::from_addr_v2(&addr, port) {
-                    manual.insert(target.clone());
-                    pool.add_manual(target, now);
+                    // A manual peer named again is removed.
+                    if manual.remove(&target) {
+                        pool.remove_manual(&target);
+                    } else {
+                        manual.insert(target.clone());
+                        pool.add_manual(target, now);
+                    }
                 }
             }
             _ => {

@@ -358,6 +358,45 @@ fn a_manual_peer_the_pool_already_holds_is_adopted_not_dialled_twice() {
 }
 
 #[test]
+fn a_removed_manual_peer_becomes_outbound_only_if_it_fits() {
+    // The book holds one address, in 20.0; `slots` outbound slots. A manual
+    // peer `manual` is added once that address is dialled, made ready, and
+    // removed: what kind is its connection then?
+    fn removed(slots: usize, manual: Target) -> (PeerKind, Harness, PeerId) {
+        let mut c = config();
+        c.outbound = slots;
+        let mut h = Harness::new(c);
+        h.add(routable(0), good_services());
+        h.tick();
+        assert_eq!(h.dialled.len(), 1);
+        h.pool.add_manual(manual.clone(), h.now);
+        h.tick();
+        assert_eq!(h.dialled.len(), 2, "{:?}", h.dialled);
+        let peer = h.dialled[1].0;
+        for p in [h.dialled[0].0, peer] {
+            h.ready(p, good_services());
+        }
+        assert_eq!(h.pool.remove_manual(&manual), Some(peer));
+        assert!(h.dropped.is_empty(), "the pool drops nothing: {:?}", h.dropped);
+        let kind = h.pool.peer(peer).expect("still held").kind;
+        (kind, h, peer)
+    }
+    let own_group: Target = routable(1).into();
+    // A free slot and a group of its own: it becomes an outbound peer.
+    assert_eq!(removed(2, own_group.clone()).0, PeerKind::Outbound);
+    // No free slot: kept, uncounted, and never redialled once it goes.
+    let (kind, mut h, peer) = removed(1, own_group.clone());
+    assert_eq!(kind, PeerKind::Manual);
+    h.gone(peer);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.dialled.iter().filter(|(_, t)| *t == own_group).count(), 1, "{:?}", h.dialled);
+    // A free slot, but the outbound peer's group (20.0).
+    let (kind, h, _) = removed(2, SocketAddr::from(([20, 0, 9, 9], 8333)).into());
+    assert_eq!(kind, PeerKind::Manual);
+    assert_eq!(h.pool.ready_count(), 1);
+}
+
+#[test]
 fn feelers_test_new_addresses_once_the_slots_are_full() {
     let mut c = config();
     c.outbound = 2;
