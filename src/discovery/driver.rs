@@ -129,7 +129,10 @@ impl Pooled {
     }
 
     /// Adds a manual peer: connected now, reconnected whenever it goes,
-    /// never dropped by the pool.
+    /// never dropped by the pool. A connection the pool already holds to
+    /// `target` becomes the manual peer's ([`Pool::add_manual`]); to stop
+    /// keeping it, [`Pool::remove_manual`] through
+    /// [`pool_mut`](Pooled::pool_mut).
     pub fn add_manual(&mut self, target: impl Into<Target>) {
         self.pool.add_manual(target.into(), Instant::now());
         self.tick();

@@ -501,32 +501,34 @@ impl Pool {
     ///
     /// A connection the pool already holds to `target` as an ordinary
     /// outbound peer becomes the manual peer's connection: the pool never
-    /// opens a second one to the same target.
+    /// opens a second one to the same host. Targets are compared as
+    /// addresses, so `[::ffff:1.2.3.4]:8333` is `1.2.3.4:8333`.
     pub fn add_manual(&mut self, target: Target, now: Instant) {
-        if self.manual.iter().any(|(t, _, _)| *t == target) {
+        if self.manual.iter().any(|(t, _, _)| same_host(t, &target)) {
             return;
         }
         self.manual.push((target.clone(), None, Backoff { failures: 0, until: now }));
         self.adopt_manual(&target);
     }
 
-    /// Makes a held or dialling outbound connection to the manual peer
-    /// `target` its connection; whether one to `target` exists (of any
-    /// kind).
+    /// Makes a held or dialling connection to the manual peer `target`
+    /// (an outbound one, or one left over from an earlier manual peer) its
+    /// connection; whether the pool has one to `target` of any kind.
     fn adopt_manual(&mut self, target: &Target) -> bool {
-        let held = self.held.iter_mut().find(|(_, h)| h.target == *target);
+        let held = self.held.iter_mut().find(|(_, h)| same_host(&h.target, target));
         if let Some((peer, h)) = held {
             let peer = *peer;
-            if h.kind == PeerKind::Outbound {
+            if matches!(h.kind, PeerKind::Outbound | PeerKind::Manual) {
                 h.kind = PeerKind::Manual;
-                if let Some(m) = self.manual.iter_mut().find(|(t, _, _)| t == target) {
+                if let Some(m) = self.manual.iter_mut().find(|(t, _, _)| same_host(t, target)) {
                     m.1 = Some(peer);
                 }
             }
             return true;
         }
-        match self.dialing.values_mut().find(|h| h.target == *target) {
+        match self.dialing.values_mut().find(|h| same_host(&h.target, target)) {
             Some(h) => {
+                // `dialed` links a manual-kind dial to its entry.
                 if h.kind == PeerKind::Outbound {
                     h.kind = PeerKind::Manual;
                 }
@@ -539,36 +541,45 @@ impl Pool {
     /// Stops keeping a manual peer; returns its id if it is connected (the
     /// pool does not disconnect it: that is the caller's choice).
     ///
-    /// The connection becomes one of the pool's outbound peers if it could
-    /// have been chosen as one: a free slot, an address the pool may dial,
-    /// the required services once ready, and (with
-    /// [`PoolConfig::distinct_groups`]) a group no other peer has.
+    /// The connection (or dial in progress) becomes one of the pool's
+    /// outbound peers if it could have been chosen as one: a free slot, an
+    /// address the pool may dial, the required services once ready, and
+    /// (with [`PoolConfig::distinct_groups`]) a group no other peer has.
     /// Otherwise the pool keeps it, uncounted, until it goes, and never
     /// redials it.
     pub fn remove_manual(&mut self, target: &Target) -> Option<PeerId> {
-        let i = self.manual.iter().position(|(t, _, _)| t == target)?;
-        let (_, peer, _) = self.manual.remove(i);
-        let p = peer?;
-        let fits = self.held.get(&p).is_some_and(|h| {
-            let reachable = h.address.as_ref().is_some_and(|a| self.config.reaches(a.network()));
-            let services = !h.ready || h.services.has(self.config.services);
-            let group_free = !self.config.distinct_groups
-                || !self
-                    .held
-                    .iter()
-                    .filter(|(q, _)| **q != p)
-                    .map(|(_, o)| o)
-                    .chain(self.dialing.values())
-                    .any(|o| matches!(o.kind, PeerKind::Outbound | PeerKind::Manual) && o.group == h.group);
-            reachable && services && group_free
-        });
-        if fits
-            && self.outbound_count() < self.config.outbound
-            && let Some(h) = self.held.get_mut(&p)
-        {
-            h.kind = PeerKind::Outbound;
+        let i = self.manual.iter().position(|(t, _, _)| same_host(t, target))?;
+        let (target, peer, _) = self.manual.remove(i);
+        let room = self.outbound_count() < self.config.outbound;
+        let connection = match peer {
+            Some(p) => self.held.get(&p),
+            None => self.dialing.values().find(|h| h.kind == PeerKind::Manual && same_host(&h.target, &target)),
+        };
+        if room && connection.is_some_and(|h| self.fits_as_outbound(h)) {
+            let connection = match peer {
+                Some(p) => self.held.get_mut(&p),
+                None => self.dialing.values_mut().find(|h| h.kind == PeerKind::Manual && same_host(&h.target, &target)),
+            };
+            if let Some(h) = connection {
+                h.kind = PeerKind::Outbound;
+            }
         }
         peer
+    }
+
+    /// Whether the connection `h` could have been chosen as an outbound
+    /// peer (slots aside).
+    fn fits_as_outbound(&self, h: &Held) -> bool {
+        let reachable = h.address.as_ref().is_some_and(|a| self.config.reaches(a.network()));
+        let services = !h.ready || h.services.has(self.config.services);
+        let group_taken = self.config.distinct_groups
+            && self
+                .held
+                .values()
+                .chain(self.dialing.values())
+                .filter(|o| !std::ptr::eq(*o, h))
+                .any(|o| matches!(o.kind, PeerKind::Outbound | PeerKind::Manual) && o.group == h.group);
+        reachable && services && !group_taken
     }
 
     /// The next action for the driver, if any.
@@ -595,10 +606,20 @@ impl Pool {
     /// gave it, or `None` if the reactor is gone.
     pub fn dialed(&mut self, token: DialToken, peer: Option<PeerId>) {
         let Some(held) = self.dialing.remove(&token) else { return };
-        let Some(peer) = peer else { return };
-        if held.kind == PeerKind::Manual
-            && let Some(m) = self.manual.iter_mut().find(|(t, _, _)| *t == held.target)
-        {
+        let manual = match held.kind {
+            PeerKind::Manual => self.manual.iter_mut().find(|(t, _, _)| same_host(t, &held.target)),
+            _ => None,
+        };
+        let Some(peer) = peer else {
+            // Not dialled at all: a manual peer waits out its backoff
+            // rather than being asked for again at once.
+            if let Some(m) = manual {
+                m.2.failures = m.2.failures.saturating_add(1);
+                m.2.until = later(held.since, backoff_for(&self.config, m.2.failures));
+            }
+            return;
+        };
+        if let Some(m) = manual {
             m.1 = Some(peer);
         }
         self.limits.insert(peer, AddrRateLimit::new());
@@ -945,12 +966,19 @@ impl Pool {
             .map(|(t, _, _)| t.clone())
             .collect();
         for target in due {
-            // Already connected or dialling (a feeler, an addr fetch, or an
-            // outbound peer, which this adopts): no second connection.
+            // Not due again until a while from now: a dial in progress is
+            // linked when the driver reports it, and a connection of
+            // another kind (a feeler, an addr fetch) is looked at again
+            // then, not at every wakeup.
+            if let Some(m) = self.manual.iter_mut().find(|(t, _, _)| *t == target) {
+                m.2.until = later(now, IDLE_TICK);
+            }
+            // Already connected or dialling (an outbound peer, which this
+            // adopts): no second connection.
             if self.adopt_manual(&target) {
                 continue;
             }
-            let address = target.to_addr_v2().map(|a| Address::new(a, target.port()));
+            let address = host_address(&target);
             let group = Some(NetGroup::of_target(&target));
             self.dial(Held::new(target, address, group, PeerKind::Manual, Origin::Manual, now), unix);
         }
@@ -973,7 +1001,7 @@ impl Pool {
             self.seed_fetch.pop_front();
             match split_seed(&seed, self.config.seed_port).and_then(|(host, port)| seed_target(&host, port)) {
                 Ok(target) => {
-                    let address = target.to_addr_v2().map(|a| Address::new(a, target.port()));
+                    let address = host_address(&target);
                     self.dial(Held::new(target, address, None, PeerKind::AddrFetch, Origin::Seed(seed), now), unix);
                 }
                 Err(e) => {
@@ -1038,8 +1066,7 @@ impl Pool {
         let busy = self.held.values().chain(self.dialing.values()).any(|h| h.address.as_ref() == Some(address));
         // A manual peer's address is dialled as that peer only, even while
         // it waits out its backoff.
-        let manual =
-            self.manual.iter().any(|(t, _, _)| t.to_addr_v2().is_some_and(|a| Address::new(a, t.port()) == *address));
+        let manual = self.manual.iter().any(|(t, _, _)| host_address(t).as_ref() == Some(address));
         if busy || manual {
             return false;
         }
@@ -1088,6 +1115,20 @@ impl Pool {
         let target = held.target.clone();
         self.dialing.insert(token, held);
         self.actions.push_back(PoolAction::Connect { token, target });
+    }
+}
+
+/// The canonical address of `target` (an IPv4-mapped IPv6 address is its
+/// IPv4 address; scope and flow label are dropped), `None` for a name.
+fn host_address(target: &Target) -> Option<Address> {
+    target.to_addr_v2().map(|a| Address::new(a, target.port()))
+}
+
+/// Whether two targets are one host and port.
+fn same_host(a: &Target, b: &Target) -> bool {
+    match (host_address(a), host_address(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 

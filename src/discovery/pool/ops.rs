@@ -3,17 +3,19 @@
 //! the `pool` fuzz target (`peerlink::__fuzz::pool`) both run it.
 //!
 //! Input layout: a configuration byte pair (outbound count; flags for
-//! distinct groups, proxy, onion, onlynet IPv4, feelers), a book seed,
+//! distinct groups, proxy, onion, onlynet IPv4, feelers, dials reported a
+//! step late, some of those never made), a book seed,
 //! then operations of one byte each followed by their operands: a tick
 //! after a time jump, a handshake (with services) or failure or
 //! disconnection of a held peer, an `addr`/`addrv2` of random entries
 //! (IPv4, IPv6, onion, I2P, loopback) from a held or an unknown peer, a
 //! seed lookup answer or error, a manual peer added (or removed, when it
-//! is one already). Past the end of the input
+//! is one already; an IPv4 one maybe in its mapped IPv6 form). Past the end of the input
 //! every read gives zero.
 //!
 //! Invariants: no panic; never more outbound peers held or dialling than
-//! the target; never two connections to one address; with distinct groups,
+//! the target; never two connections to one address; nothing left due
+//! after a tick; with distinct groups,
 //! one outbound peer per group; no dial to a network the config cannot or
 //! may not reach (manual peers aside); through a proxy no lookup at all;
 //! the book stays consistent.
@@ -122,9 +124,23 @@ pub(crate) fn run(data: &[u8]) {
     let mut live: HashMap<PeerId, Option<Target>> = HashMap::new();
     let mut asked: Vec<String> = Vec::new();
     let mut manual: HashSet<Target> = HashSet::new();
+    // Dials reported at the start of the next step rather than at once, so
+    // that the checks see dials in progress; some never made.
+    let late_dials = flags & 32 != 0;
+    let mut pending: Vec<(super::DialToken, Target)> = Vec::new();
     let mut steps = 0;
     while !b.done() && steps < 512 {
         steps += 1;
+        let mut ticked = false;
+        for (token, target) in pending.drain(..) {
+            if flags & 64 != 0 && next_id % 3 == 0 {
+                pool.dialed(token, None);
+            } else {
+                pool.dialed(token, Some(PeerId(next_id)));
+                live.insert(PeerId(next_id), Some(target));
+            }
+            next_id += 1;
+        }
         let peers: Vec<PeerId> = {
             let mut p: Vec<PeerId> = live.keys().copied().collect();
             p.sort();
@@ -137,6 +153,7 @@ pub(crate) fn run(data: &[u8]) {
                 now += jump;
                 unix += jump.as_secs();
                 pool.tick(now, unix);
+                ticked = true;
             }
             1 => {
                 if let Some(peer) = pick(&mut b) {
@@ -216,6 +233,12 @@ pub(crate) fn run(data: &[u8]) {
             7 => {
                 let kind = b.u8();
                 let (addr, port) = address(kind, &mut b);
+                // With the kind's high bit, an IPv4 address is named in
+                // its IPv4-mapped IPv6 form: the same host.
+                let addr = match addr {
+                    AddrV2::Ipv4(ip) if kind & 0x80 != 0 => AddrV2::Ipv6(ip.to_ipv6_mapped()),
+                    other => other,
+                };
                 if let Ok(target) = Target::from_addr_v2(&addr, port) {
                     // A manual peer named again is removed.
                     if manual.remove(&target) {
@@ -241,10 +264,7 @@ pub(crate) fn run(data: &[u8]) {
         while let Some(action) = pool.poll_action() {
             match action {
                 PoolAction::Connect { token, target } => {
-                    let peer = PeerId(next_id);
-                    next_id += 1;
-                    pool.dialed(token, Some(peer));
-                    let kind = pool.peer(peer).expect("a dial is held").kind;
+                    let kind = pool.dialing.get(&token).expect("a dial is held").kind;
                     match kind {
                         // The configured seeds, reached through the proxy
                         // only, are the user's choice, as manual peers are.
@@ -252,7 +272,14 @@ pub(crate) fn run(data: &[u8]) {
                         _ if manual.contains(&target) => {}
                         _ => check_reachable(&config, &target),
                     }
-                    live.insert(peer, Some(target));
+                    if late_dials {
+                        pending.push((token, target));
+                    } else {
+                        let peer = PeerId(next_id);
+                        next_id += 1;
+                        pool.dialed(token, Some(peer));
+                        live.insert(peer, Some(target));
+                    }
                 }
                 PoolAction::Resolve(queries) => {
                     assert!(!config.proxied, "a lookup through a proxy: {queries:?}");
@@ -264,6 +291,11 @@ pub(crate) fn run(data: &[u8]) {
                 }
                 PoolAction::Disconnect(_) => {}
             }
+        }
+        // Nothing is left due once a tick's actions are carried out: a
+        // driver sleeping until the pool's next timeout does not spin.
+        if ticked {
+            assert!(pool.poll_timeout(now) > now, "due again at once after a tick: {:?}", pool.manual);
         }
         check(&pool, &config);
     }
@@ -281,9 +313,11 @@ fn check(pool: &Pool, config: &PoolConfig) {
     let dialling = pool.dialing.values().filter(|h| h.kind == super::PeerKind::Outbound).count();
     assert!(outbound.len() + dialling <= config.outbound, "{} outbound over {}", outbound.len(), config.outbound);
     let mut seen = HashSet::new();
-    for p in &peers {
-        if p.kind != super::PeerKind::AddrFetch {
-            assert!(seen.insert(p.target.clone()), "two connections to {}: {peers:?}", p.target);
+    let held = peers.iter().map(|p| (p.kind, &p.target));
+    for (kind, target) in held.chain(pool.dialing.values().map(|h| (h.kind, &h.target))) {
+        if kind != super::PeerKind::AddrFetch {
+            let host = super::host_address(target).ok_or_else(|| target.clone());
+            assert!(seen.insert(host), "two connections to {target}: {peers:?}, dialling {:?}", pool.dialing);
         }
     }
     if config.distinct_groups {

@@ -397,6 +397,63 @@ fn a_removed_manual_peer_becomes_outbound_only_if_it_fits() {
 }
 
 #[test]
+fn a_manual_peer_named_in_another_form_is_the_same_host() {
+    let mut c = config();
+    c.outbound = 1;
+    let mut h = Harness::new(c);
+    h.add(routable(0), good_services());
+    h.tick();
+    let (peer, _) = h.dialled[0].clone();
+    h.ready(peer, good_services());
+    let SocketAddr::V4(v4) = routable(0) else { unreachable!() };
+    let mapped: Target = SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())).into();
+    h.pool.add_manual(mapped.clone(), h.now);
+    h.pool.add_manual(Target::from(routable(0)), h.now);
+    h.tick();
+    assert_eq!(h.dialled.len(), 1, "no second connection to {mapped}: {:?}", h.dialled);
+    assert_eq!(h.pool.peer(peer).map(|p| p.kind), Some(PeerKind::Manual));
+    // Removed by either form.
+    assert_eq!(h.pool.remove_manual(&Target::from(routable(0))), Some(peer));
+}
+
+#[test]
+fn a_manual_peer_removed_and_added_again_takes_its_connection_back() {
+    let mut c = config();
+    c.outbound = 1;
+    let mut h = Harness::new(c);
+    h.add(routable(0), good_services());
+    let manual: Target = routable(1).into();
+    h.pool.add_manual(manual.clone(), h.now);
+    h.tick();
+    let peer = h.dialled.iter().find(|(_, t)| *t == manual).map(|(p, _)| *p).expect("dialled");
+    h.ready(peer, good_services());
+    // The one slot is taken, so the removed peer's connection stays a
+    // leftover manual-kind one; adding it again links it.
+    assert_eq!(h.pool.remove_manual(&manual), Some(peer));
+    h.pool.add_manual(manual.clone(), h.now);
+    h.tick();
+    assert!(h.pool.poll_timeout(h.now) > h.now, "nothing due: a driver would spin");
+    assert_eq!(h.pool.remove_manual(&manual), Some(peer), "linked again");
+    assert_eq!(h.dialled.iter().filter(|(_, t)| *t == manual).count(), 1);
+}
+
+#[test]
+fn a_manual_dial_the_reactor_never_made_backs_off() {
+    let mut h = Harness::new(config());
+    let manual: Target = routable(1).into();
+    h.pool.add_manual(manual.clone(), h.now);
+    h.pool.tick(h.now, h.unix);
+    let Some(PoolAction::Connect { token, .. }) = h.pool.poll_action() else { panic!("a dial") };
+    h.pool.dialed(token, None);
+    assert!(h.pool.peers().is_empty());
+    // The first backoff is 2 s (`PoolConfig::backoff`).
+    h.advance(Duration::from_millis(1500));
+    assert!(h.dialled.is_empty(), "backed off: {:?}", h.dialled);
+    h.advance(Duration::from_millis(1000));
+    assert_eq!(h.dialled.iter().filter(|(_, t)| *t == manual).count(), 1, "redialled after the backoff");
+}
+
+#[test]
 fn feelers_test_new_addresses_once_the_slots_are_full() {
     let mut c = config();
     c.outbound = 2;
