@@ -12,7 +12,9 @@
 //! - **Refill.** While fewer than [`PoolConfig::outbound`] outbound peers
 //!   are connected or being connected, it draws an address from the
 //!   [`AddrBook`] (Core's 50/50 new/tried choice), skips addresses it is
-//!   connected to, whose network it cannot reach, that lack the required
+//!   connected to (its own peers, and any peer of the reactor it has seen
+//!   announced: inbound, or dialled by the user), whose network it cannot
+//!   reach, that lack the required
 //!   services or whose network group one of its peers already has, and
 //!   those still in their backoff, and dials the first that passes.
 //! - **Backoff.** An address that failed waits
@@ -381,8 +383,12 @@ pub struct Pool {
     dialing: HashMap<DialToken, Held>,
     next_token: u64,
     limits: HashMap<PeerId, AddrRateLimit>,
-    /// Groups of inbound or unannounced peers that send `addr`.
-    sources: HashMap<PeerId, NetGroup>,
+    /// Peers the pool does not hold (inbound, or dialled by the user), by
+    /// id: their group, the source of their `addr` messages, and their
+    /// address, which the pool does not dial a second time.
+    sources: HashMap<PeerId, (NetGroup, Option<Address>)>,
+    /// How many of `sources` are at each address.
+    foreign: HashMap<Address, u32>,
     backoff: HashMap<Address, Backoff>,
     origins: HashMap<Address, Origin>,
     manual: Vec<(Target, Option<PeerId>, Backoff)>,
@@ -424,6 +430,7 @@ impl Pool {
             next_token: 0,
             limits: HashMap::new(),
             sources: HashMap::new(),
+            foreign: HashMap::new(),
             backoff: HashMap::new(),
             origins: HashMap::new(),
             manual: Vec::new(),
@@ -714,8 +721,16 @@ impl Pool {
         let services = info.version.as_ref().map_or(ServiceFlags::NONE, |v| v.services);
         let Some(held) = self.held.get_mut(&peer) else {
             // Not ours (inbound, or dialled by the user): remember its
-            // group so its `addr` messages get a source.
-            self.sources.insert(peer, NetGroup::of_target(&info.target));
+            // group so its `addr` messages get a source, and its address
+            // so that the pool does not connect to it again (Core's
+            // `AlreadyConnectedToAddress`).
+            let address = host_address(&info.target);
+            if let Some(a) = &address {
+                *self.foreign.entry(a.clone()).or_default() += 1;
+            }
+            if let Some((_, Some(old))) = self.sources.insert(peer, (NetGroup::of_target(&info.target), address)) {
+                self.forget_foreign(&old);
+            }
             self.limits.entry(peer).or_default();
             return;
         };
@@ -758,6 +773,15 @@ impl Pool {
         }
     }
 
+    fn forget_foreign(&mut self, address: &Address) {
+        if let Some(n) = self.foreign.get_mut(address) {
+            *n -= 1;
+            if *n == 0 {
+                self.foreign.remove(address);
+            }
+        }
+    }
+
     fn ask_addresses(&mut self, peer: PeerId) {
         self.limits.entry(peer).or_default().on_getaddr_sent();
         self.actions.push_back(PoolAction::Send(peer, NetworkMessage::GetAddr));
@@ -776,7 +800,7 @@ impl Pool {
                 (h.group.clone().unwrap_or_else(|| NetGroup::of_target(&h.target)), seed)
             }
             None => match self.sources.get(&peer) {
-                Some(g) => (g.clone(), None),
+                Some((g, _)) => (g.clone(), None),
                 None => return,
             },
         };
@@ -823,8 +847,17 @@ impl Pool {
     fn on_gone(&mut self, peer: PeerId, now: Instant, unix: u64) {
         self.starved = false;
         self.limits.remove(&peer);
-        self.sources.remove(&peer);
-        let Some(held) = self.held.remove(&peer) else { return };
+        let foreign = self.sources.remove(&peer).and_then(|(_, address)| address);
+        if let Some(address) = &foreign {
+            self.forget_foreign(address);
+        }
+        let Some(held) = self.held.remove(&peer) else {
+            // Its address may be dialled now.
+            if foreign.is_some() {
+                self.refill(now, unix);
+            }
+            return;
+        };
         if let Some(a) = &held.address {
             if held.ready {
                 self.book.connected(a, unix);
@@ -1067,7 +1100,7 @@ impl Pool {
         // A manual peer's address is dialled as that peer only, even while
         // it waits out its backoff.
         let manual = self.manual.iter().any(|(t, _, _)| host_address(t).as_ref() == Some(address));
-        if busy || manual {
+        if busy || manual || self.foreign.contains_key(address) {
             return false;
         }
         if self.backoff.get(address).is_some_and(|b| b.until > now) {

@@ -14,7 +14,8 @@
 //! every read gives zero.
 //!
 //! Invariants: no panic; never more outbound peers held or dialling than
-//! the target; never two connections to one address; nothing left due
+//! the target; never two connections to one address, nor a dial to the
+//! address of a peer the pool does not hold; nothing left due
 //! after a tick; with distinct groups,
 //! one outbound peer per group; no dial to a network the config cannot or
 //! may not reach (manual peers aside); through a proxy no lookup at all;
@@ -122,6 +123,8 @@ pub(crate) fn run(data: &[u8]) {
     let mut next_id = 1;
     // What each live id was dialled as (`None` for an inbound peer).
     let mut live: HashMap<PeerId, Option<Target>> = HashMap::new();
+    // The peers the pool does not hold, and the address each is at.
+    let mut foreign: HashMap<PeerId, Target> = HashMap::new();
     let mut asked: Vec<String> = Vec::new();
     let mut manual: HashSet<Target> = HashSet::new();
     // Dials reported at the start of the next step rather than at once, so
@@ -159,6 +162,9 @@ pub(crate) fn run(data: &[u8]) {
                 if let Some(peer) = pick(&mut b) {
                     let services = ServiceFlags::from(u64::from(b.u8()) | (u64::from(b.u8() & 0x08) << 8));
                     let target = live[&peer].clone().unwrap_or_else(|| "1.2.3.4:8333".parse().unwrap());
+                    if live[&peer].is_none() {
+                        foreign.insert(peer, target.clone());
+                    }
                     let event =
                         Event::Ready { peer, info: Box::new(info(peer, target, services, Direction::Outbound)) };
                     pool.on_event(&event, now, unix);
@@ -175,6 +181,7 @@ pub(crate) fn run(data: &[u8]) {
             3 => {
                 if let Some(peer) = pick(&mut b) {
                     live.remove(&peer);
+                    foreign.remove(&peer);
                     pool.on_event(&Event::Disconnected { peer, reason: DisconnectReason::PeerClosed }, now, unix);
                 }
             }
@@ -255,6 +262,7 @@ pub(crate) fn run(data: &[u8]) {
                 next_id += 1;
                 let target: Target = SocketAddr::from(([5, b.u8(), 0, 1], 8333)).into();
                 live.insert(peer, None);
+                foreign.insert(peer, target.clone());
                 let event =
                     Event::Ready { peer, info: Box::new(info(peer, target, ServiceFlags::NONE, Direction::Inbound)) };
                 pool.on_event(&event, now, unix);
@@ -270,7 +278,12 @@ pub(crate) fn run(data: &[u8]) {
                         // only, are the user's choice, as manual peers are.
                         super::PeerKind::AddrFetch => assert!(config.proxied, "an addr fetch without a proxy"),
                         _ if manual.contains(&target) => {}
-                        _ => check_reachable(&config, &target),
+                        _ => {
+                            check_reachable(&config, &target);
+                            let host = super::host_address(&target);
+                            let taken = foreign.values().find(|t| super::host_address(t) == host);
+                            assert!(taken.is_none(), "dialled {target}, already connected to it");
+                        }
                     }
                     if late_dials {
                         pending.push((token, target));

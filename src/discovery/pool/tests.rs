@@ -454,6 +454,23 @@ fn a_manual_dial_the_reactor_never_made_backs_off() {
 }
 
 #[test]
+fn an_address_the_user_is_connected_to_is_not_dialled_again() {
+    let mut c = config();
+    c.outbound = 1;
+    let mut h = Harness::new(c);
+    h.add(routable(0), good_services());
+    // The user dialled the book's one address on the handle: the pool sees
+    // its `Ready` for an id it does not hold.
+    let user = PeerId(1000);
+    h.event(Event::Ready { peer: user, info: Box::new(info(user, routable(0).into(), good_services())) });
+    h.tick();
+    assert!(h.dialled.is_empty(), "already connected: {:?}", h.dialled);
+    h.gone(user);
+    assert_eq!(h.dialled.len(), 1, "dialled once the user's connection is gone");
+    assert_eq!(h.dialled[0].1, Target::from(routable(0)));
+}
+
+#[test]
 fn feelers_test_new_addresses_once_the_slots_are_full() {
     let mut c = config();
     c.outbound = 2;
