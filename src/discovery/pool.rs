@@ -13,8 +13,8 @@
 //!   are connected or being connected, it draws an address from the
 //!   [`AddrBook`] (Core's 50/50 new/tried choice), skips addresses it is
 //!   connected to (its own peers, and any peer of the reactor it has seen
-//!   announced: inbound, or dialled by the user), whose network it cannot
-//!   reach, that lack the required
+//!   announced: dialled by the user, or inbound, whose IP then counts at
+//!   any port, as in Core), whose network it cannot reach, that lack the required
 //!   services or whose network group one of its peers already has, and
 //!   those still in their backoff, and dials the first that passes.
 //! - **Backoff.** An address that failed waits
@@ -474,7 +474,8 @@ impl Pool {
         self.config.outbound = outbound;
     }
 
-    /// The connections the pool holds (dials in progress included), by id.
+    /// The connections the pool holds, by id: every dial the driver has
+    /// reported with [`dialed`](Self::dialed), ready or not.
     pub fn peers(&self) -> Vec<PoolPeer> {
         let mut peers: Vec<PoolPeer> = self
             .held
@@ -508,8 +509,10 @@ impl Pool {
     ///
     /// A connection the pool already holds to `target` as an ordinary
     /// outbound peer becomes the manual peer's connection: the pool never
-    /// opens a second one to the same host. Targets are compared as
-    /// addresses, so `[::ffff:1.2.3.4]:8333` is `1.2.3.4:8333`.
+    /// opens a second one to the same host. While `target` is held as a
+    /// feeler or addr fetch, or the reactor has a peer the pool does not
+    /// hold there, the pool waits for that connection to end. Targets are
+    /// compared as addresses, so `[::ffff:1.2.3.4]:8333` is `1.2.3.4:8333`.
     pub fn add_manual(&mut self, target: Target, now: Instant) {
         if self.manual.iter().any(|(t, _, _)| same_host(t, &target)) {
             return;
@@ -622,7 +625,7 @@ impl Pool {
             // rather than being asked for again at once.
             if let Some(m) = manual {
                 m.2.failures = m.2.failures.saturating_add(1);
-                m.2.until = later(held.since, backoff_for(&self.config, m.2.failures));
+                m.2.until = m.2.until.max(later(held.since, backoff_for(&self.config, m.2.failures)));
             }
             return;
         };
@@ -724,7 +727,12 @@ impl Pool {
             // group so its `addr` messages get a source, and its address
             // so that the pool does not connect to it again (Core's
             // `AlreadyConnectedToAddress`).
-            let address = host_address(&info.target);
+            // An inbound peer's port is its own outgoing one, which says
+            // nothing of where it listens: it stands for its IP at any port.
+            let address = host_address(&info.target).map(|a| match info.direction {
+                crate::event::Direction::Inbound => any_port(&a),
+                _ => a,
+            });
             if let Some(a) = &address {
                 *self.foreign.entry(a.clone()).or_default() += 1;
             }
@@ -771,6 +779,13 @@ impl Pool {
         if let Some(m) = self.manual.iter_mut().find(|(_, p, _)| *p == Some(peer)) {
             m.2.failures = 0;
         }
+    }
+
+    /// Whether the reactor has a peer the pool does not hold at `address`
+    /// (for an inbound one, at its IP).
+    fn is_foreign(&self, address: &Address) -> bool {
+        !self.foreign.is_empty()
+            && (self.foreign.contains_key(address) || self.foreign.contains_key(&any_port(address)))
     }
 
     fn forget_foreign(&mut self, address: &Address) {
@@ -1007,8 +1022,9 @@ impl Pool {
                 m.2.until = later(now, IDLE_TICK);
             }
             // Already connected or dialling (an outbound peer, which this
-            // adopts): no second connection.
-            if self.adopt_manual(&target) {
+            // adopts), or a peer the pool does not hold is at that address:
+            // no second connection.
+            if self.adopt_manual(&target) || host_address(&target).is_some_and(|a| self.is_foreign(&a)) {
                 continue;
             }
             let address = host_address(&target);
@@ -1100,7 +1116,7 @@ impl Pool {
         // A manual peer's address is dialled as that peer only, even while
         // it waits out its backoff.
         let manual = self.manual.iter().any(|(t, _, _)| host_address(t).as_ref() == Some(address));
-        if busy || manual || self.foreign.contains_key(address) {
+        if busy || manual || self.is_foreign(address) {
             return false;
         }
         if self.backoff.get(address).is_some_and(|b| b.until > now) {
@@ -1155,6 +1171,11 @@ impl Pool {
 /// IPv4 address; scope and flow label are dropped), `None` for a name.
 fn host_address(target: &Target) -> Option<Address> {
     target.to_addr_v2().map(|a| Address::new(a, target.port()))
+}
+
+/// `address` at any port: how an inbound peer's address is recorded.
+fn any_port(address: &Address) -> Address {
+    Address::new(address.addr.clone(), 0)
 }
 
 /// Whether two targets are one host and port.

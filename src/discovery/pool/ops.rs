@@ -14,8 +14,10 @@
 //! every read gives zero.
 //!
 //! Invariants: no panic; never more outbound peers held or dialling than
-//! the target; never two connections to one address, nor a dial to the
-//! address of a peer the pool does not hold; nothing left due
+//! the target; never two connections to one address, nor a dial (addr
+//! fetches aside) to the address of a peer the pool does not hold (an
+//! inbound one's IP at any port); every manual-kind dial is to a manual
+//! peer; nothing left due
 //! after a tick; with distinct groups,
 //! one outbound peer per group; no dial to a network the config cannot or
 //! may not reach (manual peers aside); through a proxy no lookup at all;
@@ -124,9 +126,11 @@ pub(crate) fn run(data: &[u8]) {
     // What each live id was dialled as (`None` for an inbound peer).
     let mut live: HashMap<PeerId, Option<Target>> = HashMap::new();
     // The peers the pool does not hold, and the address each is at.
-    let mut foreign: HashMap<PeerId, Target> = HashMap::new();
+    // (An inbound one counts at its IP, at any port.)
+    let mut foreign: HashMap<PeerId, (Target, bool)> = HashMap::new();
     let mut asked: Vec<String> = Vec::new();
-    let mut manual: HashSet<Target> = HashSet::new();
+    // By host, as the pool compares them.
+    let mut manual: HashSet<Result<Address, Target>> = HashSet::new();
     // Dials reported at the start of the next step rather than at once, so
     // that the checks see dials in progress; some never made.
     let late_dials = flags & 32 != 0;
@@ -163,7 +167,7 @@ pub(crate) fn run(data: &[u8]) {
                     let services = ServiceFlags::from(u64::from(b.u8()) | (u64::from(b.u8() & 0x08) << 8));
                     let target = live[&peer].clone().unwrap_or_else(|| "1.2.3.4:8333".parse().unwrap());
                     if live[&peer].is_none() {
-                        foreign.insert(peer, target.clone());
+                        foreign.insert(peer, (target.clone(), false));
                     }
                     let event =
                         Event::Ready { peer, info: Box::new(info(peer, target, services, Direction::Outbound)) };
@@ -248,10 +252,10 @@ pub(crate) fn run(data: &[u8]) {
                 };
                 if let Ok(target) = Target::from_addr_v2(&addr, port) {
                     // A manual peer named again is removed.
-                    if manual.remove(&target) {
+                    if manual.remove(&host(&target)) {
                         pool.remove_manual(&target);
                     } else {
-                        manual.insert(target.clone());
+                        manual.insert(host(&target));
                         pool.add_manual(target, now);
                     }
                 }
@@ -260,9 +264,10 @@ pub(crate) fn run(data: &[u8]) {
                 // An inbound peer the pool does not hold.
                 let peer = PeerId(next_id);
                 next_id += 1;
-                let target: Target = SocketAddr::from(([5, b.u8(), 0, 1], 8333)).into();
+                // From a random port, as inbound peers are.
+                let target: Target = SocketAddr::from(([5, b.u8(), 0, 1], 40000 + u16::from(b.u8()))).into();
                 live.insert(peer, None);
-                foreign.insert(peer, target.clone());
+                foreign.insert(peer, (target.clone(), true));
                 let event =
                     Event::Ready { peer, info: Box::new(info(peer, target, ServiceFlags::NONE, Direction::Inbound)) };
                 pool.on_event(&event, now, unix);
@@ -273,17 +278,20 @@ pub(crate) fn run(data: &[u8]) {
             match action {
                 PoolAction::Connect { token, target } => {
                     let kind = pool.dialing.get(&token).expect("a dial is held").kind;
+                    let at = host(&target);
+                    let taken = foreign.values().find(|(t, inbound)| match (&at, host(t)) {
+                        (Ok(a), Ok(f)) if *inbound => a.addr == f.addr,
+                        (a, f) => *a == f,
+                    });
                     match kind {
                         // The configured seeds, reached through the proxy
                         // only, are the user's choice, as manual peers are.
                         super::PeerKind::AddrFetch => assert!(config.proxied, "an addr fetch without a proxy"),
-                        _ if manual.contains(&target) => {}
-                        _ => {
-                            check_reachable(&config, &target);
-                            let host = super::host_address(&target);
-                            let taken = foreign.values().find(|t| super::host_address(t) == host);
-                            assert!(taken.is_none(), "dialled {target}, already connected to it");
-                        }
+                        super::PeerKind::Manual => assert!(manual.contains(&at), "a manual dial to {target}"),
+                        _ => check_reachable(&config, &target),
+                    }
+                    if kind != super::PeerKind::AddrFetch {
+                        assert!(taken.is_none(), "dialled {target}, already connected to {taken:?}");
                     }
                     if late_dials {
                         pending.push((token, target));
@@ -314,6 +322,12 @@ pub(crate) fn run(data: &[u8]) {
     }
 }
 
+/// A target as the pool compares them: its canonical address, or the
+/// name.
+fn host(target: &Target) -> Result<Address, Target> {
+    super::host_address(target).ok_or_else(|| target.clone())
+}
+
 fn check_reachable(config: &PoolConfig, target: &Target) {
     let addr = target.to_addr_v2().unwrap_or_else(|| panic!("a name dialled as a pool peer: {target}"));
     let network = Address::new(addr, target.port()).network();
@@ -329,8 +343,7 @@ fn check(pool: &Pool, config: &PoolConfig) {
     let held = peers.iter().map(|p| (p.kind, &p.target));
     for (kind, target) in held.chain(pool.dialing.values().map(|h| (h.kind, &h.target))) {
         if kind != super::PeerKind::AddrFetch {
-            let host = super::host_address(target).ok_or_else(|| target.clone());
-            assert!(seen.insert(host), "two connections to {target}: {peers:?}, dialling {:?}", pool.dialing);
+            assert!(seen.insert(host(target)), "two connections to {target}: {peers:?}, dialling {:?}", pool.dialing);
         }
     }
     if config.distinct_groups {

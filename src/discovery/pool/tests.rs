@@ -334,21 +334,23 @@ fn manual_peers_are_kept_and_not_counted() {
 #[test]
 fn a_manual_peer_the_pool_already_holds_is_adopted_not_dialled_twice() {
     let mut c = config();
-    c.outbound = 2;
+    c.outbound = 1;
     let mut h = Harness::new(c);
-    for i in 0..10 {
-        h.add(routable(i), good_services());
-    }
+    h.add(routable(0), good_services());
+    h.add(routable(1), good_services());
     h.tick();
+    assert_eq!(h.dialled.len(), 1);
     let (peer, target) = h.dialled[0].clone();
     h.ready(peer, good_services());
     h.pool.add_manual(target.clone(), h.now);
     assert_eq!(h.pool.peer(peer).map(|p| p.kind), Some(PeerKind::Manual), "adopted");
     h.tick();
     assert_eq!(h.dialled.iter().filter(|(_, t)| *t == target).count(), 1, "no second connection");
-    assert_eq!(h.dialled.len(), 3, "the freed outbound slot is refilled");
-    // Gone: it is redialled as the manual peer, and refills never take
-    // its address while it waits out its backoff.
+    assert_eq!(h.dialled.len(), 2, "the freed outbound slot is refilled from the book's other address");
+    // A free slot, and the manual peer goes: the one address left in the
+    // book is the manual peer's, and refills never take it, even while it
+    // waits out its backoff.
+    h.pool.set_outbound(2);
     h.gone(peer);
     assert_eq!(h.dialled.iter().filter(|(_, t)| *t == target).count(), 1, "not redialled as outbound");
     h.advance(Duration::from_secs(3));
@@ -468,6 +470,22 @@ fn an_address_the_user_is_connected_to_is_not_dialled_again() {
     h.gone(user);
     assert_eq!(h.dialled.len(), 1, "dialled once the user's connection is gone");
     assert_eq!(h.dialled[0].1, Target::from(routable(0)));
+}
+
+#[test]
+fn an_inbound_peer_blocks_its_ip_at_any_port() {
+    let mut c = config();
+    c.outbound = 1;
+    let mut h = Harness::new(c);
+    h.add(routable(0), good_services());
+    let inbound = PeerId(1000);
+    let from = SocketAddr::new(routable(0).ip(), 51234);
+    let info = super::ops::info(inbound, from.into(), good_services(), Direction::Inbound);
+    h.event(Event::Ready { peer: inbound, info: Box::new(info) });
+    h.tick();
+    assert!(h.dialled.is_empty(), "connected to that IP already: {:?}", h.dialled);
+    h.gone(inbound);
+    assert_eq!(h.dialled.len(), 1, "dialled once the inbound peer is gone");
 }
 
 #[test]
