@@ -455,37 +455,33 @@ fn a_manual_dial_the_reactor_never_made_backs_off() {
     assert_eq!(h.dialled.iter().filter(|(_, t)| *t == manual).count(), 1, "redialled after the backoff");
 }
 
-#[test]
-fn an_address_the_user_is_connected_to_is_not_dialled_again() {
+/// The book holds one address; a peer the pool does not hold announces
+/// itself from `from` in `direction`: the pool dials the book's address
+/// only once that peer is gone.
+fn dialled_only_once_gone(from: SocketAddr, direction: Direction) {
     let mut c = config();
     c.outbound = 1;
     let mut h = Harness::new(c);
     h.add(routable(0), good_services());
-    // The user dialled the book's one address on the handle: the pool sees
-    // its `Ready` for an id it does not hold.
-    let user = PeerId(1000);
-    h.event(Event::Ready { peer: user, info: Box::new(info(user, routable(0).into(), good_services())) });
+    let other = PeerId(1000);
+    let info = super::ops::info(other, from.into(), good_services(), direction);
+    h.event(Event::Ready { peer: other, info: Box::new(info) });
     h.tick();
-    assert!(h.dialled.is_empty(), "already connected: {:?}", h.dialled);
-    h.gone(user);
-    assert_eq!(h.dialled.len(), 1, "dialled once the user's connection is gone");
+    assert!(h.dialled.is_empty(), "already connected ({direction:?} from {from}): {:?}", h.dialled);
+    h.gone(other);
+    assert_eq!(h.dialled.len(), 1, "dialled once the other connection is gone");
     assert_eq!(h.dialled[0].1, Target::from(routable(0)));
 }
 
 #[test]
+fn an_address_the_user_is_connected_to_is_not_dialled_again() {
+    // The user dialled the book's one address on the handle.
+    dialled_only_once_gone(routable(0), Direction::Outbound);
+}
+
+#[test]
 fn an_inbound_peer_blocks_its_ip_at_any_port() {
-    let mut c = config();
-    c.outbound = 1;
-    let mut h = Harness::new(c);
-    h.add(routable(0), good_services());
-    let inbound = PeerId(1000);
-    let from = SocketAddr::new(routable(0).ip(), 51234);
-    let info = super::ops::info(inbound, from.into(), good_services(), Direction::Inbound);
-    h.event(Event::Ready { peer: inbound, info: Box::new(info) });
-    h.tick();
-    assert!(h.dialled.is_empty(), "connected to that IP already: {:?}", h.dialled);
-    h.gone(inbound);
-    assert_eq!(h.dialled.len(), 1, "dialled once the inbound peer is gone");
+    dialled_only_once_gone(SocketAddr::new(routable(0).ip(), 51234), Direction::Inbound);
 }
 
 #[test]
